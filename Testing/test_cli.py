@@ -1,0 +1,68 @@
+"""The ``cascade-landmarks`` command as a user runs it: a real process, real files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cascade_landmarks import read_landmarks, read_landmarks_csv
+
+COMMAND = Path(sys.executable).with_name("cascade-landmarks")
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(COMMAND), *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_info_shows_each_cta_landmark_on_bright_lumen(shared_data):
+    case = shared_data / "real/cta-thorax-abdomen"
+    result = _run("info", str(case / "ct.nii.gz"), str(case / "landmarks.mrk.json"))
+    assert result.returncode == 0, result.stderr
+    assert "120 x 126 x 164 voxels, 1.5 x 1.5 x 1.5 mm" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if "origin" in line and "voxels" not in line]
+    assert len(rows) == 5
+    assert all(float(row.split()[-1]) > 250 for row in rows)
+
+
+def test_convert_turns_a_legacy_fcsv_into_a_ras_markups_file_and_a_csv(shared_data, tmp_path):
+    source = shared_data / "real/afids-colin27/tpl-MNIColin27_desc-groundtruth_afids.fcsv"
+    result = _run("convert", str(source), str(tmp_path / "afids.mrk.json"), "--coordinate-system", "RAS")
+    assert result.returncode == 0, result.stderr
+    assert '"coordinateSystem": "RAS"' in (tmp_path / "afids.mrk.json").read_text()
+    assert _run("convert", str(source), str(tmp_path / "afids.csv"), "--case", "colin27").returncode == 0
+    original = read_landmarks(source)
+    for converted in (
+        read_landmarks(tmp_path / "afids.mrk.json"),
+        read_landmarks_csv(tmp_path / "afids.csv")["colin27"],
+    ):
+        assert converted.labels == original.labels
+        np.testing.assert_allclose(converted.positions_lps, original.positions_lps, atol=1e-9)
+
+
+def test_sets_lists_the_shipped_sets_and_their_landmarks():
+    listing = _run("sets")
+    assert listing.returncode == 0
+    assert [line.split()[0] for line in listing.stdout.splitlines()] == ["afids-32", "aortic-9", "cardiac-5"]
+    cardiac = _run("sets", "cardiac-5").stdout
+    assert "1. apex cordis" in cardiac
+    assert "5. non-coronary commissure" in cardiac
+
+
+def test_the_demo_writes_files_slicer_opens(shared_data, tmp_path):
+    result = _run("demo", "--data", str(shared_data), "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    landmarks = read_landmarks(tmp_path / "out/cta-thorax-abdomen.mrk.json")
+    assert len(landmarks) == 7
+    assert len(read_landmarks_csv(tmp_path / "out/landmarks.csv")["cta-thorax-abdomen"]) == 7
+
+
+def test_bad_input_gives_one_clear_line_and_exit_code_2(tmp_path):
+    bad = tmp_path / "scan.nrrd"
+    bad.write_bytes(b"\x00" * 10)
+    result = _run("info", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.startswith("cascade-landmarks info: Cannot read volume")
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,119 @@
+"""The extension's build files and packaging: what a Slicer build and `pip install .` need, checked here
+where neither Slicer's build system nor its Qt application can run."""
+
+from __future__ import annotations
+
+import ast
+import re
+import struct
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import REPOSITORY
+
+MODULE_DIR = REPOSITORY / "CascadeLandmarks"
+ENGINE_DIR = MODULE_DIR / "cascade_landmarks"
+PYTHON_FILES = sorted(MODULE_DIR.rglob("*.py"))
+
+
+def test_the_module_cmake_lists_every_python_file_of_the_module_and_engine():
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    block = re.search(r"set\(MODULE_PYTHON_SCRIPTS(.*?)\)", cmake, re.S).group(1)
+    listed = {line.strip().replace("${MODULE_NAME}", "CascadeLandmarks") for line in block.splitlines() if line.strip()}
+    on_disk = {str(path.relative_to(MODULE_DIR)) for path in PYTHON_FILES}
+    assert listed == on_disk
+    assert "slicerMacroBuildScriptedModule" in cmake
+
+
+def test_the_extension_cmake_and_description_name_slicer_and_pytorch():
+    cmake = (REPOSITORY / "CMakeLists.txt").read_text()
+    for needed in (
+        "find_package(Slicer REQUIRED)",
+        'set(EXTENSION_DEPENDS "PyTorch")',
+        "add_subdirectory(CascadeLandmarks)",
+    ):
+        assert needed in cmake
+    fields = dict(
+        line.split(" ", 1)
+        for line in (REPOSITORY / "CascadeLandmarks.s4ext").read_text().splitlines()
+        if line and not line.startswith("#") and " " in line
+    )
+    assert fields["depends"] == "PyTorch"
+    for key in ("scmurl", "homepage", "category", "iconurl", "description"):
+        assert fields[key].strip(), key
+
+
+def test_the_module_icon_is_a_128_pixel_png():
+    header = (MODULE_DIR / "Resources/Icons/CascadeLandmarks.png").read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", header[16:24]) == (128, 128)
+
+
+@pytest.mark.parametrize("path", PYTHON_FILES, ids=lambda p: str(p.relative_to(MODULE_DIR)))
+def test_every_python_file_compiles(path):
+    compile(path.read_text(encoding="utf-8"), str(path), "exec")
+
+
+def _imports(path, *, top_level_only: bool) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    names = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_engine_imports_slicer_only_in_the_bridge_and_only_lazily():
+    for path in sorted(ENGINE_DIR.glob("*.py")):
+        gui = _imports(path, top_level_only=False) & {"slicer", "qt", "ctk", "vtk"}
+        if path.name == "slicer_bridge.py":
+            assert not _imports(path, top_level_only=True) & {"slicer", "qt", "ctk", "vtk"}
+        else:
+            assert not gui, f"{path.name} imports {gui}"
+
+
+def test_the_slicer_module_loads_nothing_heavy_at_import():
+    assert not _imports(MODULE_DIR / "CascadeLandmarks.py", top_level_only=True) & {
+        "torch",
+        "SimpleITK",
+        "cascade_landmarks",
+    }
+
+
+def test_importing_the_engine_pulls_in_neither_torch_nor_slicer():
+    probe = "import sys, cascade_landmarks; print(sorted({'torch', 'slicer', 'vtk'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_wheel_carries_the_engine_the_command_and_the_landmark_sets(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(tmp_path),
+            str(REPOSITORY),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("cascade_landmarks-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"cascade_landmarks/volumes.py", "cascade_landmarks/slicer_bridge.py"} <= names
+    assert {
+        f"cascade_landmarks/resources/LandmarkSets/{n}.json" for n in ("cardiac-5", "aortic-9", "afids-32")
+    } <= names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "cascade-landmarks = cascade_landmarks.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

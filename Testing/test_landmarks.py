@@ -1,0 +1,122 @@
+"""Landmark files in and out: coordinate systems honoured on read, labels, descriptions and order kept."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cascade_landmarks import (
+    Landmarks,
+    read_landmarks,
+    read_landmarks_csv,
+    write_landmarks,
+    write_landmarks_csv,
+)
+
+
+def _assert_same(a: Landmarks, b: Landmarks, *, atol: float = 1e-9) -> None:
+    assert a.labels == b.labels
+    assert a.descriptions == b.descriptions
+    np.testing.assert_allclose(a.positions_lps, b.positions_lps, atol=atol)
+
+
+@pytest.mark.parametrize("system", ["LPS", "RAS"])
+def test_markups_json_round_trip_in_either_frame(tmp_path, oblique_landmarks, system):
+    path = write_landmarks(oblique_landmarks, tmp_path / "case.mrk.json", coordinate_system=system)
+    document = json.loads(path.read_text())
+    assert document["markups"][0]["coordinateSystem"] == system
+    first = document["markups"][0]["controlPoints"][0]["position"]
+    expected = oblique_landmarks.positions_lps[0] if system == "LPS" else oblique_landmarks.positions_ras[0]
+    np.testing.assert_allclose(first, expected)
+    _assert_same(read_landmarks(path), oblique_landmarks)
+
+
+def test_markups_json_in_ras_is_converted_to_lps(tmp_path):
+    document = {
+        "markups": [
+            {"type": "Line", "coordinateSystem": "LPS", "controlPoints": []},
+            {
+                "type": "Fiducial",
+                "coordinateSystem": "RAS",
+                "controlPoints": [
+                    {"label": "A", "position": [1.0, 2.0, 3.0], "positionStatus": "defined"},
+                    {"label": "B", "positionStatus": "undefined"},
+                ],
+            },
+        ]
+    }
+    path = tmp_path / "ras.mrk.json"
+    path.write_text(json.dumps(document))
+    landmarks = read_landmarks(path)
+    assert landmarks.labels == ["A", "B"]
+    np.testing.assert_array_equal(landmarks.positions_lps[0], [-1.0, -2.0, 3.0])
+    assert landmarks.defined.tolist() == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("content", "phrase"),
+    [
+        ("not json", "not valid JSON"),
+        ('{"markups": [{"type": "Curve"}]}', "holds no point list"),
+        ('{"markups": [{"type": "Fiducial", "coordinateSystem": "IJK"}]}', "coordinate system 'IJK'"),
+        ('{"markups": [{"type": "Fiducial", "coordinateUnits": "um"}]}', "millimetres"),
+        ('{"something": 1}', "no 'markups' list"),
+    ],
+)
+def test_bad_markups_json_is_refused_with_the_reason(tmp_path, content, phrase):
+    path = tmp_path / "bad.mrk.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=phrase):
+        read_landmarks(path)
+
+
+FCSV_HEADER = "# Markups fiducial file version = {version}\n# CoordinateSystem = {system}\n"
+FCSV_COLUMNS = "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
+
+
+@pytest.mark.parametrize(
+    ("version", "system", "expected_lps"),
+    [
+        ("4.6", "0", [-1.5, -2.5, 3.5]),  # Slicer 4.6 to 4.10: 0 is RAS
+        ("4.6", "1", [1.5, 2.5, 3.5]),  # 1 is LPS
+        ("4.11", "RAS", [-1.5, -2.5, 3.5]),
+        ("4.11", "LPS", [1.5, 2.5, 3.5]),
+    ],
+)
+def test_fcsv_honours_its_coordinate_system(tmp_path, version, system, expected_lps):
+    text = FCSV_HEADER.format(version=version, system=system) + FCSV_COLUMNS
+    text += 'vtkMRMLMarkupsFiducialNode_1,1.5,2.5,3.5,0,0,0,1,1,1,0,"P, one",a desc,\n'
+    path = tmp_path / "points.fcsv"
+    path.write_text(text)
+    landmarks = read_landmarks(path)
+    assert landmarks.labels == ["P, one"]
+    assert landmarks.descriptions == ["a desc"]
+    np.testing.assert_allclose(landmarks.positions_lps[0], expected_lps)
+
+
+@pytest.mark.parametrize("system", ["LPS", "RAS"])
+def test_long_csv_round_trip_keeps_cases_labels_descriptions_and_order(tmp_path, oblique_landmarks, system):
+    second = Landmarks(["b", "a"], [[1.0, 2.0, 3.0], [np.nan] * 3], ["x", "y"])
+    path = write_landmarks_csv(
+        {"case 1": oblique_landmarks, "case2": second}, tmp_path / "all.csv", coordinate_system=system
+    )
+    header, first_row = path.read_text(encoding="utf-8").splitlines()[:2]
+    assert header == "case,landmark,x,y,z,coordinate_system,description"
+    assert first_row.startswith("case 1,apex cordis,")
+    assert f",{system}," in first_row
+    cases = read_landmarks_csv(path)
+    assert list(cases) == ["case 1", "case2"]
+    _assert_same(cases["case 1"], oblique_landmarks)
+    assert cases["case2"].labels == ["b", "a"]
+    assert cases["case2"].defined.tolist() == [True, False]
+
+
+def test_unknown_landmark_file_types_are_refused(tmp_path):
+    path = tmp_path / "points.txt"
+    path.write_text("1 2 3")
+    with pytest.raises(ValueError, match=r"\.mrk\.json or \.fcsv"):
+        read_landmarks(path)
+    with pytest.raises(ValueError, match="markups JSON"):
+        write_landmarks(Landmarks(["a"], [[0, 0, 0]]), tmp_path / "points.fcsv")

@@ -1,0 +1,101 @@
+"""The real images and expert landmarks in shared/data read right: every landmark falls where its anatomy is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cascade_landmarks import Landmarks, Volume, load_landmark_set, read_landmarks, read_volume
+from cascade_landmarks.volumes import values_at
+
+CTA = "real/cta-thorax-abdomen"
+AFIDS = {
+    "mni152": (
+        "real/afids-mni152nlin2009casym/tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz",
+        "real/afids-mni152nlin2009casym/tpl-MNI152NLin2009cAsym_res-01_desc-groundtruth_afids.fcsv",
+    ),
+    "colin27": (
+        "real/afids-colin27/ch2.nii.gz",
+        "real/afids-colin27/tpl-MNIColin27_desc-groundtruth_afids.fcsv",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def cta(shared_data) -> tuple[Volume, Landmarks]:
+    return read_volume(shared_data / CTA / "ct.nii.gz"), read_landmarks(shared_data / CTA / "landmarks.mrk.json")
+
+
+def test_the_cta_reference_landmarks_fall_on_contrast_filled_lumen(cta):
+    volume, landmarks = cta
+    assert len(landmarks) == 7
+    hounsfield = values_at(volume, landmarks.positions_lps)
+    assert np.all(hounsfield > 250), dict(zip(landmarks.labels, hounsfield, strict=True))
+
+
+def test_slicer_reads_the_same_hounsfield_units_under_each_cta_landmark(cta, shared_data, mrml_scene):
+    import slicer
+
+    from cascade_landmarks.slicer_bridge import volume_from_node
+
+    volume, landmarks = cta
+    node = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
+    storage = mrml_scene.AddNode(slicer.vtkMRMLVolumeArchetypeStorageNode())
+    storage.SetFileName(str(shared_data / CTA / "ct.nii.gz"))
+    assert storage.ReadData(node) == 1
+    from_slicer = volume_from_node(node)
+    np.testing.assert_array_equal(
+        values_at(from_slicer, landmarks.positions_lps), values_at(volume, landmarks.positions_lps)
+    )
+
+
+def test_the_aortic_set_names_the_cta_branch_origins_as_the_reference_file_does(cta):
+    _, landmarks = cta
+    aortic = load_landmark_set("aortic-9")
+    branch_origins = [label for label in landmarks.labels if label in aortic.labels]
+    assert branch_origins == aortic.labels[:5]
+
+
+def _inside_the_head(volume: Volume, points_lps: np.ndarray) -> np.ndarray:
+    """Whether each point lies within the head: in the grid, with head tissue (over a tenth of the 99th
+    percentile) on both sides along every axis, and within 3 voxels of such tissue itself."""
+    tissue = volume.array > 0.1 * np.percentile(volume.array, 99)
+    inside = []
+    for i, j, k in np.rint(volume.geometry.lps_to_index(points_lps)).astype(int):
+        if not (0 <= i < tissue.shape[2] and 0 <= j < tissue.shape[1] and 0 <= k < tissue.shape[0]):
+            inside.append(False)
+            continue
+        rays = [
+            tissue[k, j, :i],
+            tissue[k, j, i + 1 :],
+            tissue[k, :j, i],
+            tissue[k, j + 1 :, i],
+            tissue[:k, j, i],
+            tissue[k + 1 :, j, i],
+        ]
+        near = tissue[max(k - 3, 0) : k + 4, max(j - 3, 0) : j + 4, max(i - 3, 0) : i + 4].any()
+        inside.append(all(ray.any() for ray in rays) and bool(near))
+    return np.array(inside)
+
+
+@pytest.mark.parametrize("template", sorted(AFIDS))
+def test_the_afids_load_as_32_labelled_points_inside_the_head(shared_data, template):
+    volume_file, points_file = AFIDS[template]
+    volume = read_volume(shared_data / volume_file)
+    landmarks = load_landmark_set("afids-32").match(read_landmarks(shared_data / points_file), source=points_file)
+    assert landmarks.labels == [str(n) for n in range(1, 33)]
+    assert landmarks.descriptions[:2] == ["AC", "PC"]
+    assert _inside_the_head(volume, landmarks.positions_lps).all()
+    # Control: the same points pushed 12 cm to the patient's left leave the head.
+    assert not _inside_the_head(volume, landmarks.positions_lps + np.array([120.0, 0.0, 0.0])).any()
+
+
+def test_every_rater_file_loads_as_the_32_afids(shared_data):
+    afids = load_landmark_set("afids-32")
+    rater_files = sorted((shared_data / "real/afids-colin27/raters").glob("*.fcsv"))
+    assert len(rater_files) == 32  # 8 raters x 4 sessions
+    consensus = read_landmarks(shared_data / AFIDS["colin27"][1])
+    for path in rater_files:
+        placed = afids.match(read_landmarks(path), source=path.name)
+        # A rater disagrees with the consensus by millimetres, not by a frame flip (which moves points by cm).
+        assert np.median(np.linalg.norm(placed.positions_lps - consensus.positions_lps, axis=1)) < 5.0, path.name

@@ -1,0 +1,166 @@
+"""Volumes in and out: every format keeps the geometry, resampling and cropping keep points in place, and
+bad input gets an error naming the file and the problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from cascade_landmarks import Volume, crop_or_pad, read_volume, resample, write_volume
+from cascade_landmarks.volumes import values_at
+
+from conftest import MARKED_VOXELS, MARKER_VALUES
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".nii", ".mha"])
+def test_each_file_format_keeps_voxels_and_geometry(tmp_path, oblique_volume, suffix):
+    path = write_volume(oblique_volume, tmp_path / f"case{suffix}")
+    again = read_volume(path)
+    np.testing.assert_array_equal(again.array, oblique_volume.array)
+    assert again.array.dtype == np.int16
+    # NIfTI stores its header in single precision; a micrometre is the bar for every format.
+    assert again.geometry.same_as(oblique_volume.geometry, tolerance_mm=1e-3)
+    marked = oblique_volume.geometry.index_to_lps(MARKED_VOXELS)
+    np.testing.assert_array_equal(values_at(again, marked), MARKER_VALUES)
+
+
+def test_a_dicom_series_folder_is_read_with_its_oblique_geometry(tmp_path, oblique_volume):
+    _write_dicom_series(oblique_volume, tmp_path / "dicom")
+    again = read_volume(tmp_path / "dicom")
+    np.testing.assert_array_equal(again.array, oblique_volume.array)
+    assert again.geometry.same_as(oblique_volume.geometry, tolerance_mm=1e-3)
+
+
+def test_writing_is_atomic_and_leaves_no_temporary_files(tmp_path, oblique_volume):
+    target = tmp_path / "case.nrrd"
+    target.write_text("the user's old file")
+    with pytest.raises(ValueError, match="extensions"):
+        write_volume(oblique_volume, tmp_path / "case.txt")
+    write_volume(oblique_volume, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case.nrrd"]
+    assert read_volume(target).geometry.same_as(oblique_volume.geometry)
+
+
+def test_resampling_keeps_physical_points_in_place(oblique_volume):
+    coarse = resample(oblique_volume, 2.0, interpolation="nearest")
+    np.testing.assert_allclose(coarse.geometry.spacing, [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(coarse.geometry.extent_mm, oblique_volume.geometry.extent_mm, atol=1.0)
+    np.testing.assert_allclose(coarse.geometry.direction, oblique_volume.geometry.direction)
+    # The outer corner of the first voxel stays put.
+    first_corner = oblique_volume.geometry.index_to_lps([-0.5, -0.5, -0.5])
+    np.testing.assert_allclose(coarse.geometry.index_to_lps([-0.5, -0.5, -0.5]), first_corner, atol=1e-9)
+    # A linear ramp resampled finely still holds, at every new voxel centre, the ramp's value there.
+    smooth = _linear_ramp_volume(oblique_volume)
+    fine = resample(smooth, (0.5, 0.5, 0.5))
+    centres = np.stack(np.indices(fine.geometry.size), axis=-1).reshape(-1, 3)
+    old_index = smooth.geometry.lps_to_index(fine.geometry.index_to_lps(centres))
+    interior = np.all((old_index > 0) & (old_index < np.asarray(smooth.geometry.size) - 1), axis=1)
+    expected = old_index[interior] @ [10.0, 7.0, 3.0]
+    i, j, k = centres[interior].T
+    np.testing.assert_allclose(fine.array[k, j, i], expected, atol=0.01)
+
+
+def test_crop_and_pad_copy_voxels_to_their_physical_place(oblique_volume):
+    box = crop_or_pad(oblique_volume, start_index=(-3, 2, 1), size=(50, 10, 20), fill_value=-2048)
+    assert box.array.shape == (20, 10, 50)
+    inside = MARKED_VOXELS[(MARKED_VOXELS[:, 1] >= 2) & (MARKED_VOXELS[:, 1] < 12)]
+    assert len(inside) >= 2
+    points = oblique_volume.geometry.index_to_lps(inside)
+    np.testing.assert_array_equal(values_at(box, points), values_at(oblique_volume, points))
+    assert box.array[0, 0, 0] == -2048  # padding before i = 0
+
+
+def _linear_ramp_volume(like: Volume) -> Volume:
+    k, j, i = np.indices(like.geometry.shape)
+    return Volume(array=(10.0 * i + 7.0 * j + 3.0 * k).astype(np.float32), geometry=like.geometry)
+
+
+def _write_dicom_series(volume: Volume, folder):
+    folder.mkdir()
+    image = volume.to_sitk()
+    direction = volume.geometry.direction
+    orientation = "\\".join(f"{v:.10f}" for v in [*direction[:, 0], *direction[:, 1]])
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        slice_image = image[:, :, k]
+        position = volume.geometry.index_to_lps([0, 0, k])
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|000e": "1.2.826.0.1.3680043.2.1125.1.2",
+            "0020|0037": orientation,
+            "0020|0032": "\\".join(f"{v:.10f}" for v in position),
+            "0020|0013": str(k + 1),
+            "0028|0030": f"{volume.geometry.spacing[1]:.10f}\\{volume.geometry.spacing[0]:.10f}",
+            "0018|0050": f"{volume.geometry.spacing[2]:.10f}",
+        }
+        for tag, value in tags.items():
+            slice_image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(slice_image)
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+
+def _write_image(image: sitk.Image, path) -> str:
+    sitk.WriteImage(image, str(path))
+    return str(path)
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"nothere\.nrrd does not exist"):
+        read_volume(tmp_path / "nothere.nrrd")
+
+
+def test_an_unreadable_file_is_named(tmp_path):
+    path = tmp_path / "garbage.nrrd"
+    path.write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match=r"Cannot read volume .*garbage\.nrrd"):
+        read_volume(path)
+
+
+def test_a_2d_image_is_refused(tmp_path):
+    path = _write_image(sitk.Image(10, 10, sitk.sitkInt16), tmp_path / "slice.nrrd")
+    with pytest.raises(ValueError, match=r"slice\.nrrd is 2-D"):
+        read_volume(path)
+
+
+def test_a_single_slice_3d_image_is_refused(tmp_path):
+    path = _write_image(sitk.Image(10, 10, 1, sitk.sitkInt16), tmp_path / "one.nrrd")
+    with pytest.raises(ValueError, match="single slice"):
+        read_volume(path)
+
+
+def test_a_4d_image_is_refused_but_a_4d_image_with_one_time_point_is_read(tmp_path):
+    path = _write_image(sitk.Image([6, 6, 6, 3], sitk.sitkInt16), tmp_path / "series.nii.gz")
+    with pytest.raises(ValueError, match=r"series\.nii\.gz is 4-D .*pick one time point"):
+        read_volume(path)
+    path = _write_image(sitk.Image([6, 5, 4, 1], sitk.sitkInt16), tmp_path / "one-time-point.nii.gz")
+    assert read_volume(path).array.shape == (4, 5, 6)
+
+
+def test_a_multicomponent_image_is_refused(tmp_path):
+    path = _write_image(sitk.Image([6, 6, 6], sitk.sitkVectorUInt8, 3), tmp_path / "rgb.nrrd")
+    with pytest.raises(ValueError, match=r"rgb\.nrrd has 3 components per voxel"):
+        read_volume(path)
+
+
+def test_nan_and_inf_voxels_are_refused(tmp_path):
+    array = np.zeros((4, 5, 6), dtype=np.float32)
+    array[1, 2, 3] = np.nan
+    array[0, 0, 0] = np.inf
+    path = _write_image(sitk.GetImageFromArray(array), tmp_path / "nan.nrrd")
+    with pytest.raises(ValueError, match=r"nan\.nrrd has 2 NaN or infinite voxels"):
+        read_volume(path)
+
+
+@pytest.mark.parametrize(("spacing", "phrase"), [((1.0, 1.0, 1e-6), "zero, negative"), ((1.0, 1.0, 500.0), "metres")])
+def test_absurd_spacing_is_refused(tmp_path, spacing, phrase):
+    image = sitk.Image(6, 6, 6, sitk.sitkInt16)
+    image.SetSpacing(spacing)
+    path = _write_image(image, tmp_path / "spacing.nrrd")
+    with pytest.raises(ValueError, match=rf"spacing\.nrrd has an unusable header.*{phrase}"):
+        read_volume(path)
