@@ -76,3 +76,51 @@ def oblique_landmarks(oblique_volume: Volume) -> Landmarks:
     labels = ["apex cordis", "left, coronary", 'right "RCA" ostium', "bifurcation é LM", "NCC"]
     descriptions = ["tip of the LV", "comma, inside", 'quote " inside', "ünïcode", ""]
     return Landmarks(labels, positions, descriptions)
+
+
+# --- a small trained model, shared by the tests that need one ---------------------------------------------
+
+# Small enough to train in about half a minute on two CPU cores (synthetic cases from synthetic.py).
+TINY_MODEL_SETTINGS = {
+    "stage1_spacing_mm": 3.0,
+    "stage1_grid": (20, 20, 20),
+    "patch_size": 16,
+    "unet_width": 8,
+    "unet_depth": 2,
+    "stage2_radius_mm": 5.0,
+    "heatmap_sigma": 3.0,
+}
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """``train/`` (12 cases) and ``test/`` (4 held-out cases) of synthetic sphere volumes."""
+    from synthetic import write_cases
+
+    root = tmp_path_factory.mktemp("synthetic")
+    write_cases(root / "train", range(12))
+    write_cases(root / "test", range(100, 104))
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_model_path(synthetic_data) -> Path:
+    """A model trained on ``synthetic_data/train`` (600 + 400 iterations, seed 0)."""
+    from synthetic import SPHERES_SET
+
+    from cascade_landmarks.config import TrainingConfig
+    from cascade_landmarks.training import train
+
+    path = synthetic_data / "model.pt"
+    training = TrainingConfig(
+        stage1_iterations=600, stage2_iterations=400, batch_size=2, validate_every=0, checkpoint_every=1000
+    )
+    train(
+        synthetic_data / "train",
+        path,
+        landmark_set=SPHERES_SET,
+        training=training,
+        config_settings=TINY_MODEL_SETTINGS,
+        progress=False,
+    )
+    return path

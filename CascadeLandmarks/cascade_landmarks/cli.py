@@ -1,7 +1,10 @@
 """The ``cascade-landmarks`` command.
 
-Sub-commands so far:
-
+- ``train DATA -o MODEL --landmarks SET``: train both stages on a folder of cases (or a CSV manifest); also
+  fine-tuning (``--init-from``), resuming after a kill (``--resume``) and, under ``torchrun``, several processes;
+- ``detect MODEL VOLUME... -o OUT``: one ``.mrk.json`` per volume and a CSV for the batch;
+- ``evaluate MODEL DATA -o OUT``: error tables (Markdown, CSV), the error plot and quality-control images;
+- ``benchmark-speed``: time and peak memory of detection on a 512^3 volume;
 - ``info VOLUME [LANDMARKS]``: a volume's geometry and, for each landmark, its RAS position, voxel index and
   the intensity there (the quickest check that a landmark file and a volume agree on coordinates);
 - ``convert LANDMARKS OUT``: between ``.fcsv``, ``.mrk.json`` (LPS or RAS) and long-format CSV;
@@ -12,15 +15,24 @@ Sub-commands so far:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .config import FINE_TUNING_LEARNING_RATE, TrainingConfig
+from .detector import detect, write_detections_csv
+from .evaluation import evaluate, write_tables
+from .figures import quality_control_image, write_error_plot, write_png
 from .landmark_sets import available_landmark_sets, load_landmark_set
 from .landmarks import Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
-from .volumes import Volume, read_volume, values_at
+from .modelfile import load_model
+from .preprocessing import IntensityWindow
+from .progress import ProgressBar
+from .training import train
+from .volumes import Volume, case_name, read_volume, values_at
 
 DEMO_CASE = Path("real") / "cta-thorax-abdomen"
 
@@ -40,6 +52,16 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="cascade-landmarks", description="Anatomical landmark detection in CT angiography (Tan et al.)."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+
+    _add_train_parser(commands)
+    _add_detect_parser(commands)
+    _add_evaluate_parser(commands)
+    speed = commands.add_parser("benchmark-speed", help="time and peak memory of detection on a large CT volume")
+    speed.add_argument("--size", type=int, default=512, help="volume edge in voxels (default: %(default)s)")
+    speed.add_argument("--model", help="model file (default: an untrained model of the default size; timing only)")
+    speed.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: %(default)s)")
+    speed.add_argument("--repeats", type=int, default=3, help="detections to time (default: %(default)s)")
+    speed.set_defaults(run=_run_benchmark_speed)
 
     info = commands.add_parser("info", help="show a volume's geometry and where landmarks fall in it")
     info.add_argument("volume", help="volume file (.nrrd, .nii.gz, .mha, ...) or DICOM folder")
@@ -62,6 +84,170 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="folder for the results (default: %(default)s)")
     demo.set_defaults(run=_run_demo)
     return parser
+
+
+def _add_train_parser(commands) -> None:
+    train = commands.add_parser("train", help="train both stages on a folder of volumes with landmark files")
+    train.add_argument("data", help="folder of volumes with landmark files of the same name, or a CSV manifest")
+    train.add_argument("-o", "--output", required=True, help="model file to write (.pt)")
+    train.add_argument("--landmarks", help="landmark set: cardiac-5, aortic-9, afids-32 or a definition file")
+    train.add_argument("--init-from", help="fine-tune this model file on the data")
+    train.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
+    defaults = TrainingConfig()
+    schedule = train.add_argument_group("schedule")
+    schedule.add_argument("--stage1-iterations", type=int, default=defaults.stage1_iterations)
+    schedule.add_argument("--stage2-iterations", type=int, default=defaults.stage2_iterations)
+    schedule.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    schedule.add_argument(
+        "--learning-rate",
+        type=float,
+        help=f"Adam's rate (default: {defaults.learning_rate:g}; {FINE_TUNING_LEARNING_RATE:g} with --init-from)",
+    )
+    schedule.add_argument("--seed", type=int, default=defaults.seed)
+    schedule.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction)
+    schedule.add_argument("--validate-every", type=int, default=defaults.validate_every)
+    schedule.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    schedule.add_argument("--device", default=defaults.device, help="auto, cpu or cuda (default: %(default)s)")
+    model = train.add_argument_group("model (defaults fitted to the data; ignored with --init-from or --resume)")
+    model.add_argument("--stage1-spacing", type=float, help="stage-1 voxel size in mm (default: 4 x stage 2)")
+    model.add_argument("--stage1-grid", type=int, nargs=3, metavar=("I", "J", "K"), help="stage-1 grid in voxels")
+    model.add_argument("--stage1-mode", choices=["whole", "patch"], default="whole")
+    model.add_argument("--stage1-patch-size", type=int, default=48)
+    model.add_argument("--stage2-spacing", type=float, help="stage-2 voxel size in mm (default: the data's)")
+    model.add_argument("--patch-size", type=int, default=64, help="stage-2 patch edge in voxels")
+    model.add_argument("--stage2-radius", type=float, help="largest stage-2 correction in mm")
+    model.add_argument("--unet-width", type=int, default=8)
+    model.add_argument("--unet-depth", type=int, default=3)
+    model.add_argument("--heatmap-sigma", type=float, default=3.0, help="target width in stage-1 voxels")
+    model.add_argument(
+        "--intensity",
+        default="fixed:-1000:2000",
+        help="fixed:LOW:HIGH (HU) or percentile:LOW:HIGH (default: %(default)s)",
+    )
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    defaults = TrainingConfig()
+    training = TrainingConfig(
+        stage1_iterations=args.stage1_iterations,
+        stage2_iterations=args.stage2_iterations,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate or (FINE_TUNING_LEARNING_RATE if args.init_from else defaults.learning_rate),
+        seed=args.seed,
+        validation_fraction=args.validation_fraction,
+        validate_every=args.validate_every,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+    )
+    settings = {
+        "stage1_spacing_mm": args.stage1_spacing,
+        "stage1_grid": tuple(args.stage1_grid) if args.stage1_grid else None,
+        "stage2_spacing_mm": args.stage2_spacing,
+        "patch_size": args.patch_size,
+        "unet_width": args.unet_width,
+        "unet_depth": args.unet_depth,
+        "stage1_mode": args.stage1_mode,
+        "stage1_patch_size": args.stage1_patch_size,
+        "heatmap_sigma": args.heatmap_sigma,
+        "intensity": _intensity(args.intensity),
+    }
+    if args.stage2_radius is not None:
+        settings["stage2_radius_mm"] = args.stage2_radius
+    model = train(
+        args.data,
+        args.output,
+        landmark_set=args.landmarks,
+        training=training,
+        init_from=args.init_from,
+        resume=args.resume,
+        progress=not args.quiet,
+        config_settings=settings,
+    )
+    errors = model.training.get("validation_error_mm", {})
+    if int(os.environ.get("RANK", "0")) == 0:
+        stage1, cascade = _mm(errors.get("stage1")), _mm(errors.get("cascade"))
+        print(f"Wrote {args.output}. Validation error: stage 1 {stage1}, cascade {cascade}.")
+    return 0
+
+
+def _intensity(text: str) -> IntensityWindow:
+    try:
+        mode, low, high = text.split(":")
+        return IntensityWindow(mode, float(low), float(high))
+    except ValueError as error:
+        raise ValueError(f"--intensity {text!r}: use fixed:LOW:HIGH or percentile:LOW:HIGH ({error}).") from error
+
+
+def _mm(value: float | None) -> str:
+    return "n/a (no validation cases)" if value is None else f"{value:.2f} mm"
+
+
+def _add_detect_parser(commands) -> None:
+    parser = commands.add_parser("detect", help="detect landmarks in volumes; one .mrk.json each and a CSV")
+    parser.add_argument("model", help="model file")
+    parser.add_argument("volumes", nargs="+", help="volume files or DICOM folders")
+    parser.add_argument("-o", "--output", required=True, help="folder for the results")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument("--coordinate-system", choices=["LPS", "RAS"], default="LPS", help="frame of the outputs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run_detect)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    output = Path(args.output)
+    names = [case_name(path) for path in args.volumes]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"Several volumes are named {', '.join(repeated)}; their results would overwrite each other.")
+    bar = ProgressBar(len(args.volumes), "detecting", enabled=not args.quiet)
+    detections = {}
+    for count, (name, path) in enumerate(zip(names, args.volumes, strict=True), start=1):
+        detection = detect(path, model, device=args.device)
+        write_landmarks(detection.landmarks(), output / f"{name}.mrk.json", coordinate_system=args.coordinate_system)
+        detections[name] = detection
+        bar.update(count, flagged=int(detection.flagged.sum()))
+    bar.close()
+    write_detections_csv(detections, output / "detections.csv", coordinate_system=args.coordinate_system)
+    flagged = sum(int(d.flagged.sum()) for d in detections.values())
+    print(f"Wrote {len(detections)} .mrk.json files and detections.csv to {output}.")
+    print(f"{flagged} landmark(s) flagged for checking (low confidence).")
+    return 0
+
+
+def _add_evaluate_parser(commands) -> None:
+    parser = commands.add_parser("evaluate", help="error tables, plot and quality-control images on annotated cases")
+    parser.add_argument("model", help="model file")
+    parser.add_argument("data", help="folder of volumes with reference landmark files, or a CSV manifest")
+    parser.add_argument("-o", "--output", required=True, help="folder for the report")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument("--no-qc", action="store_true", help="skip the quality-control images")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+
+    def quality_control(name, volume, detection, reference):
+        if not args.no_qc:
+            write_png(output / "qc" / f"{name}.png", quality_control_image(volume, reference, detection))
+
+    evaluation = evaluate(args.model, args.data, device=args.device, progress=not args.quiet, on_case=quality_control)
+    written = write_tables(evaluation, output)
+    written.append(write_error_plot(evaluation, output / "errors.png"))
+    print(evaluation.markdown())
+    print("Wrote " + ", ".join(str(p) for p in written) + ("" if args.no_qc else f" and {output / 'qc'}/*.png"))
+    return 0
+
+
+def _run_benchmark_speed(args: argparse.Namespace) -> int:
+    from .benchmarks import detection_speed
+
+    print(detection_speed(size=args.size, model_path=args.model, device=args.device, repeats=args.repeats))
+    return 0
 
 
 def _run_info(args: argparse.Namespace) -> int:

@@ -258,32 +258,47 @@ def read_fcsv(path: str | os.PathLike) -> Landmarks:
 # --- Long-format CSV ---------------------------------------------------------------------------------
 
 
-def landmarks_csv_text(cases: dict[str, Landmarks], *, coordinate_system: str = "LPS") -> str:
+def landmarks_csv_text(
+    cases: dict[str, Landmarks],
+    *,
+    coordinate_system: str = "LPS",
+    extra_columns: dict[str, dict[str, Sequence]] | None = None,
+) -> str:
     """A long-format CSV, one row per case and landmark.
 
-    Columns: case, landmark, x, y, z, coordinate_system, description.
-
-    Points that are not placed are written with empty x, y, z.
+    Columns: case, landmark, x, y, z, coordinate_system, description, then any ``extra_columns`` (per case, a
+    dictionary from column name to one value per landmark). Points that are not placed have empty x, y, z.
     """
     system = coordinate_system.upper()
     if system not in COORDINATE_SYSTEMS:
         raise ValueError(f"Unknown coordinate system {coordinate_system!r}: use LPS or RAS.")
+    extra_columns = extra_columns or {}
+    extra_names = list(dict.fromkeys(name for columns in extra_columns.values() for name in columns))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow([*CSV_COLUMNS, *extra_names])
     for case, landmarks in cases.items():
         positions = landmarks.positions_lps if system == "LPS" else landmarks.positions_ras
-        for label, description, position in zip(landmarks.labels, landmarks.descriptions, positions, strict=True):
+        extras = extra_columns.get(case, {})
+        for index, (label, description, position) in enumerate(
+            zip(landmarks.labels, landmarks.descriptions, positions, strict=True)
+        ):
             coordinates = [repr(float(v)) if np.isfinite(v) else "" for v in position]
-            writer.writerow([case, label, *coordinates, system, description])
+            more = [extras[name][index] if name in extras else "" for name in extra_names]
+            writer.writerow([case, label, *coordinates, system, description, *more])
     return buffer.getvalue()
 
 
 def write_landmarks_csv(
-    cases: dict[str, Landmarks], path: str | os.PathLike, *, coordinate_system: str = "LPS"
+    cases: dict[str, Landmarks],
+    path: str | os.PathLike,
+    *,
+    coordinate_system: str = "LPS",
+    extra_columns: dict[str, dict[str, Sequence]] | None = None,
 ) -> Path:
     """Write :func:`landmarks_csv_text` to ``path`` atomically; returns the path."""
-    return write_text_atomically(path, landmarks_csv_text(cases, coordinate_system=coordinate_system))
+    text = landmarks_csv_text(cases, coordinate_system=coordinate_system, extra_columns=extra_columns)
+    return write_text_atomically(path, text)
 
 
 def read_landmarks_csv(path: str | os.PathLike) -> dict[str, Landmarks]:

@@ -8,7 +8,7 @@ Reading supports every format SimpleITK reads (NRRD, NIfTI, MHA, ...) and a fold
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +25,14 @@ class Volume:
     """A scalar 3-D image.
 
     Attributes:
-        array: voxel values, shape ``(n_k, n_j, n_i)`` = ``geometry.shape``.
+        array: voxel values, shape ``(n_k, n_j, n_i)`` = ``geometry.shape``. A volume read from a file holds a
+            read-only view of the image SimpleITK read (no second copy); copy it to change voxels.
         geometry: where each voxel lies in LPS millimetres.
     """
 
     array: np.ndarray
     geometry: Geometry
+    _image: sitk.Image | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.array.shape != self.geometry.shape:
@@ -39,7 +41,12 @@ class Volume:
             )
 
     def to_sitk(self) -> sitk.Image:
-        """A SimpleITK image with the same voxels and geometry (the array is copied)."""
+        """A SimpleITK image with the same voxels and geometry (the image read from file, or a copy).
+
+        Treat it as read-only: it may share its voxels with ``array``.
+        """
+        if self._image is not None:
+            return self._image
         image = sitk.GetImageFromArray(self.array)
         image.SetSpacing(self.geometry.spacing.tolist())
         image.SetOrigin(self.geometry.origin.tolist())
@@ -51,14 +58,23 @@ class Volume:
         """Check a SimpleITK image and take its voxels and geometry; ``source`` names it in errors."""
         image = _as_scalar_3d(image, source)
         geometry = _geometry_of(image, source)
-        array = sitk.GetArrayFromImage(image)
+        array = sitk.GetArrayViewFromImage(image)
         check_voxel_values(array, source=source)
-        return cls(array=array, geometry=geometry)
+        return cls(array=array, geometry=geometry, _image=image)
 
 
 def is_volume_path(path: str | os.PathLike) -> bool:
     """Whether ``path`` names a volume file this engine reads by its extension."""
     return str(path).lower().endswith(VOLUME_SUFFIXES)
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """The name of a case from its volume file or folder: ``case7.nii.gz`` -> ``case7``."""
+    name = Path(path).name
+    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
@@ -240,3 +256,28 @@ def values_at(volume: Volume, points_lps: np.ndarray) -> np.ndarray:
     i, j, k = ijk[inside].astype(int).T
     values[inside] = volume.array[k, j, i]
     return values
+
+
+def read_geometry(path: str | os.PathLike) -> Geometry:
+    """The geometry in a volume file's header, without reading its voxels (fast, for checking many cases)."""
+    path = Path(path)
+    if path.is_dir():
+        return read_volume(path).geometry
+    if not path.exists():
+        raise ValueError(f"Volume file {path} does not exist.")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise ValueError(f"Cannot read volume {path}: is it a NRRD, NIfTI or MHA file?") from error
+    size = reader.GetSize()
+    if reader.GetDimension() == 4 and size[3] == 1:
+        return read_volume(path).geometry
+    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+        return read_volume(path).geometry  # raises the error that names the problem
+    direction = np.reshape(reader.GetDirection(), (3, 3))
+    try:
+        return Geometry(size=size, spacing=reader.GetSpacing(), origin=reader.GetOrigin(), direction=direction)
+    except ValueError as error:
+        raise ValueError(f"Volume {path} has an unusable header. {error}.") from error

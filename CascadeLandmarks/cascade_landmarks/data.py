@@ -1,0 +1,232 @@
+"""Training data: finding cases, checking them, and drawing training samples for both stages.
+
+A training folder holds one volume per case and a landmark file of the same name beside it
+(``case7.nii.gz`` with ``case7.mrk.json`` or ``case7.fcsv``). A CSV manifest with columns ``case``, ``volume``,
+``landmarks`` (paths relative to the manifest) names the files instead. Every case is checked before training
+starts, and every problem is reported with the case's name.
+
+Stage-2 samples follow Tan et al.: a patch centred on a point ``q`` drawn at random around the landmark, with
+target ``landmark - q`` in mm. Here ``q`` lies on the stage-2 voxel grid around the landmark within the stage-2
+radius, so each case's patches are cut from one region resampled once.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import CascadeConfig
+from .coordinates import Geometry
+from .heatmaps import gaussian_targets
+from .landmark_sets import LandmarkSet
+from .landmarks import Landmarks, read_landmarks
+from .preprocessing import Sampler, patch_geometry, stage1_geometry
+from .volumes import case_name, is_volume_path, read_geometry, read_volume
+
+LANDMARK_FILE_SUFFIXES = (".mrk.json", ".fcsv")
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """A training case on disk."""
+
+    name: str
+    volume: Path
+    landmarks: Path | None
+
+
+@dataclass
+class CheckedCase:
+    """A case whose files were read and whose landmarks match the set and lie inside the volume."""
+
+    files: CaseFiles
+    geometry: Geometry
+    landmarks: Landmarks
+
+
+@dataclass
+class TrainingCase:
+    """A case prepared for training.
+
+    Attributes:
+        stage1_input: the stage-1 grid's intensities, float32, shape (n_k, n_j, n_i).
+        stage1_grid: where that grid lies.
+        stage1_ijk: landmark positions in stage-1 voxels (i, j, k), shape (N, 3).
+        regions: per landmark, the stage-2 grid around it, float32, shape (N, R, R, R) with
+            ``R = patch + 2 * margin``; the landmark lies exactly at each region's centre.
+        margin: how many stage-2 voxels a patch centre may lie from the landmark along each axis.
+        landmarks_lps: reference positions, LPS mm, shape (N, 3).
+        sampler: kept for validation cases, to cut stage-2 patches anywhere.
+    """
+
+    name: str
+    stage1_input: np.ndarray
+    stage1_grid: Geometry
+    stage1_ijk: np.ndarray
+    regions: np.ndarray
+    margin: int
+    landmarks_lps: np.ndarray
+    sampler: Sampler | None = None
+
+
+def find_cases(source: str | os.PathLike) -> list[CaseFiles]:
+    """The cases of a training folder or CSV manifest, sorted by name."""
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        return _cases_from_manifest(source)
+    if not source.is_dir():
+        raise ValueError(f"Training data {source} is neither a folder nor a CSV manifest.")
+    cases = []
+    for path in sorted(source.iterdir()):
+        if path.is_file() and is_volume_path(path):
+            name = case_name(path)
+            landmarks = next(
+                (source / f"{name}{s}" for s in LANDMARK_FILE_SUFFIXES if (source / f"{name}{s}").is_file()), None
+            )
+            cases.append(CaseFiles(name, path, landmarks))
+    if not cases:
+        raise ValueError(f"Training folder {source} holds no volumes (.nrrd, .nii.gz, .nii, .mha).")
+    return cases
+
+
+def _cases_from_manifest(manifest: Path) -> list[CaseFiles]:
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"case", "volume", "landmarks"} <= set(rows[0]):
+        raise ValueError(f"Manifest {manifest} needs the columns case, volume, landmarks and at least one row.")
+    root = manifest.parent
+    return [CaseFiles(row["case"], root / row["volume"], root / row["landmarks"]) for row in rows]
+
+
+def check_cases(cases: list[CaseFiles], landmark_set: LandmarkSet) -> list[CheckedCase]:
+    """Read every case's header and landmarks; raise one ValueError listing every problem by case name."""
+    problems, checked = [], []
+    names = [case.name for case in cases]
+    for repeated in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"{repeated}: more than one case has this name")
+    for case in cases:
+        if case.landmarks is None:
+            problems.append(f"{case.name}: no landmark file ({case.name}.mrk.json or {case.name}.fcsv) beside it")
+            continue
+        try:
+            geometry = read_geometry(case.volume)
+            landmarks = landmark_set.match(read_landmarks(case.landmarks), source=case.landmarks.name)
+        except ValueError as error:
+            problems.append(f"{case.name}: {error}")
+            continue
+        outside = [
+            label
+            for label, inside in zip(landmarks.labels, geometry.contains_lps(landmarks.positions_lps), strict=True)
+            if not inside
+        ]
+        if outside:
+            problems.append(f"{case.name}: landmarks outside the volume: {', '.join(outside)}")
+            continue
+        checked.append(CheckedCase(case, geometry, landmarks))
+    if problems:
+        listing = "\n  ".join(problems)
+        raise ValueError(f"{len(problems)} problem(s) in the training data; fix them and train again:\n  {listing}")
+    return checked
+
+
+def prepare_case(case: CheckedCase, config: CascadeConfig, *, keep_sampler: bool = False) -> TrainingCase:
+    """Read a checked case's voxels and cut what training needs from them."""
+    volume = read_volume(case.files.volume)
+    sampler = Sampler(volume, config.intensity)
+    grid = stage1_geometry(volume.geometry, config.stage1_spacing_mm, config.stage1_grid)
+    margin = math.ceil(config.stage2_radius_mm / config.stage2_spacing_mm)
+    size = config.displacement.patch_size + 2 * margin
+    regions = np.stack(
+        [sampler.sample(patch_geometry(p, config.stage2_spacing_mm, size)) for p in case.landmarks.positions_lps]
+    )
+    return TrainingCase(
+        name=case.files.name,
+        stage1_input=sampler.sample(grid),
+        stage1_grid=grid,
+        stage1_ijk=grid.lps_to_index(case.landmarks.positions_lps),
+        regions=regions,
+        margin=margin,
+        landmarks_lps=case.landmarks.positions_lps,
+        sampler=sampler if keep_sampler else None,
+    )
+
+
+def split_cases(names: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Training and validation names: a seeded shuffle, at least one case left for training."""
+    order = list(np.random.default_rng(seed).permutation(len(names)))
+    count = min(round(fraction * len(names)), len(names) - 1) if fraction > 0 else 0
+    if fraction > 0 and count == 0 and len(names) >= 2:
+        count = 1
+    validation = sorted(names[i] for i in order[:count])
+    return [n for n in names if n not in validation], validation
+
+
+Generator = np.random.Generator
+
+
+def stage1_batch(
+    cases: list[TrainingCase], batch_size: int, rng: Generator, config: CascadeConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (B, 1, D, H, W) and heatmap targets (B, N + 1, D, H, W) for stage 1.
+
+    In patch mode, each sample is a random cube of ``stage1_patch_size`` voxels; two in three are placed to
+    contain a landmark, so the rare landmark voxels are seen often enough.
+    """
+    inputs, positions = [], []
+    for _ in range(batch_size):
+        case = cases[int(rng.integers(len(cases)))]
+        array, ijk = case.stage1_input, case.stage1_ijk
+        if config.stage1_mode == "patch":
+            patch = config.stage1_patch_size
+            upper = np.maximum(np.asarray(array.shape[::-1]) - patch, 0)  # (i, j, k)
+            if rng.random() < 2 / 3:
+                centre = ijk[int(rng.integers(len(ijk)))]
+                start = np.clip(np.round(centre - rng.integers(4, patch - 4, size=3)), 0, upper).astype(int)
+            else:
+                start = np.array([int(rng.integers(u + 1)) for u in upper])
+            i, j, k = start
+            array = array[k : k + patch, j : j + patch, i : i + patch]
+            ijk = ijk - start
+        inputs.append(array)
+        positions.append(ijk)
+    volume = torch.from_numpy(np.stack(inputs)[:, None].copy())
+    landmarks = torch.from_numpy(np.stack(positions).astype(np.float32))
+    targets = gaussian_targets(
+        landmarks, tuple(volume.shape[2:]), sigma=config.heatmap_sigma, height=config.heatmap_height
+    )
+    return volume, targets
+
+
+def stage2_batch(
+    cases: list[TrainingCase], batch_size: int, rng: Generator, config: CascadeConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches (B, N, P, P, P) centred on random points ``q`` near each landmark, and targets ``landmark - q``
+    (B, N, 3) in LPS mm."""
+    patch = config.displacement.patch_size
+    spacing = config.stage2_spacing_mm
+    patches, targets = [], []
+    for _ in range(batch_size):
+        case = cases[int(rng.integers(len(cases)))]
+        margin = case.margin
+        sample_patches, sample_targets = [], []
+        for region in case.regions:
+            offset = _offset_in_ball(rng, margin, config.stage2_radius_mm / spacing)  # (i, j, k) voxels
+            i, j, k = offset + margin
+            sample_patches.append(region[k : k + patch, j : j + patch, i : i + patch])
+            sample_targets.append(-offset * spacing)  # the landmark seen from q, along L, P, S
+        patches.append(np.stack(sample_patches))
+        targets.append(np.stack(sample_targets))
+    return torch.from_numpy(np.stack(patches)), torch.from_numpy(np.stack(targets).astype(np.float32))
+
+
+def _offset_in_ball(rng: Generator, margin: int, radius_voxels: float) -> np.ndarray:
+    while True:
+        offset = rng.integers(-margin, margin + 1, size=3)
+        if np.linalg.norm(offset) <= radius_voxels:
+            return offset

@@ -1,0 +1,197 @@
+"""Detection: stage 1 (heatmaps on the whole downsampled volume) -> stage 2 (displacements from full-resolution
+patches) -> points in LPS and RAS with a confidence each.
+
+Confidence combines two signals a clinician can read: how high the stage-1 heatmap peak is (relative to the
+training target's height), and how far stage 2 had to move the point (relative to the most it may move). Both
+close to their best give a confidence near 1; a landmark below the model's ``flag_below`` is flagged for
+checking.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import CascadeConfig
+from .coordinates import lps_to_ras
+from .devices import select_device
+from .heatmaps import decode_peaks
+from .landmarks import Landmarks, write_landmarks_csv
+from .modelfile import CascadeModel, load_model
+from .models import HeatmapUNet
+from .preprocessing import Sampler, stage1_geometry
+from .volumes import Volume, read_volume
+
+ProgressCallback = Callable[[str, float], None]
+
+
+@dataclass
+class Detection:
+    """Detected landmarks of one volume, in the landmark set's order.
+
+    Attributes:
+        labels, descriptions: from the landmark set.
+        positions_lps: the cascade's answer, LPS mm, shape (N, 3).
+        stage1_lps: stage 1 alone, LPS mm, shape (N, 3).
+        heatmap_peak: stage-1 peak height relative to the training target's height, shape (N,).
+        stage2_shift_mm: how far stage 2 moved each point, mm, shape (N,).
+        confidence: in [0, 1], shape (N,); ``flagged`` is ``confidence < flag_below``.
+        seconds: time per step ("stage 1 input", "stage 1", "stage 2").
+    """
+
+    labels: list[str]
+    descriptions: list[str]
+    positions_lps: np.ndarray
+    stage1_lps: np.ndarray
+    heatmap_peak: np.ndarray
+    stage2_shift_mm: np.ndarray
+    confidence: np.ndarray
+    flagged: np.ndarray
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def positions_ras(self) -> np.ndarray:
+        return lps_to_ras(self.positions_lps)
+
+    @property
+    def stage1_ras(self) -> np.ndarray:
+        return lps_to_ras(self.stage1_lps)
+
+    def landmarks(self, *, stage: str = "cascade") -> Landmarks:
+        """The points as :class:`Landmarks` ("cascade" or "stage1")."""
+        positions = {"cascade": self.positions_lps, "stage1": self.stage1_lps}[stage]
+        return Landmarks(list(self.labels), positions, list(self.descriptions))
+
+
+def detect(
+    volume: Volume | str | os.PathLike,
+    model: CascadeModel | str | os.PathLike,
+    *,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+) -> Detection:
+    """Find the model's landmarks in ``volume`` (a :class:`Volume` or a volume file); the volume is not modified.
+
+    Args:
+        model: a loaded :class:`CascadeModel` or a model file.
+        device: "auto", "cpu" or "cuda" (falls back to the CPU when there is no GPU).
+        progress: called with (step description, fraction done) as detection goes.
+    """
+    report = progress or (lambda _step, _fraction: None)
+    if not isinstance(volume, Volume):
+        volume = read_volume(volume)
+    if not isinstance(model, CascadeModel):
+        model = load_model(model)
+    config = model.config
+    torch_device = select_device(device)
+    model.to(torch_device)
+    model.stage1.eval()
+    model.stage2.eval()
+    seconds = {}
+
+    started = time.perf_counter()
+    report("preparing stage 1 input", 0.0)
+    sampler = Sampler(volume, config.intensity)
+    grid = stage1_geometry(volume.geometry, config.stage1_spacing_mm, config.stage1_grid)
+    stage1_input = sampler.sample(grid)
+    seconds["stage 1 input"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    report("stage 1: heatmaps", 0.2)
+    heatmaps = predict_heatmaps(model.stage1, stage1_input, config, torch_device)
+    indices, peaks = decode_peaks(heatmaps[1:])
+    stage1_lps = grid.index_to_lps(indices)
+    seconds["stage 1"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    report("stage 2: refining", 0.7)
+    displacement = predict_displacements(model, sampler, stage1_lps, torch_device)
+    seconds["stage 2"] = time.perf_counter() - started
+    report("done", 1.0)
+
+    shift = np.linalg.norm(displacement, axis=1)
+    peak = np.clip(peaks / config.heatmap_height, 0.0, 1.0)
+    agreement = 1.0 - np.clip(shift / config.stage2_radius_mm, 0.0, 1.0) ** 2
+    confidence = peak * agreement
+    return Detection(
+        labels=config.landmark_set.labels,
+        descriptions=[d.description for d in config.landmark_set.landmarks],
+        positions_lps=stage1_lps + displacement,
+        stage1_lps=stage1_lps,
+        heatmap_peak=peak,
+        stage2_shift_mm=shift,
+        confidence=confidence,
+        flagged=confidence < config.flag_below,
+        seconds=seconds,
+    )
+
+
+def predict_heatmaps(
+    network: HeatmapUNet, stage1_input: np.ndarray, config: CascadeConfig, device: torch.device
+) -> np.ndarray:
+    """Normalised heatmaps (N + 1, n_k, n_j, n_i) for a stage-1 input (n_k, n_j, n_i), whole or by patches."""
+    with torch.inference_mode():
+        tensor = torch.from_numpy(stage1_input)[None, None].to(device)
+        if config.stage1_mode == "whole":
+            return network(tensor)[0][0].float().cpu().numpy()
+        return _sliding_window(network, tensor, config.stage1_patch_size)[0].cpu().numpy()
+
+
+def _sliding_window(network: HeatmapUNet, volume: torch.Tensor, patch: int) -> torch.Tensor:
+    """Heatmaps of the patch-based stage 1: patches overlapping by half, averaged where they overlap."""
+    size = volume.shape[2:]
+    stride = patch // 2
+    starts = [sorted({*range(0, max(n - patch, 0) + 1, stride), max(n - patch, 0)}) for n in size]
+    total = torch.zeros((1, network.config.landmarks + 1, *size), device=volume.device)
+    count = torch.zeros((1, 1, *size), device=volume.device)
+    for z in starts[0]:
+        for y in starts[1]:
+            for x in starts[2]:
+                window = (slice(None), slice(None), slice(z, z + patch), slice(y, y + patch), slice(x, x + patch))
+                total[window] += network(volume[window])[0]
+                count[window] += 1
+    return total / count
+
+
+def predict_displacements(
+    model: CascadeModel, sampler: Sampler, centres_lps: np.ndarray, device: torch.device
+) -> np.ndarray:
+    """Stage-2 displacements (LPS mm, shape (N, 3)) from patches centred on ``centres_lps``, each limited to the
+    model's stage-2 radius."""
+    config = model.config
+    patches = sampler.patches(centres_lps, config.stage2_spacing_mm, config.displacement.patch_size)
+    with torch.inference_mode():
+        displacement = model.stage2(torch.from_numpy(patches)[None].to(device))[0].float().cpu().numpy()
+    return limit_length(displacement.astype(float), config.stage2_radius_mm)
+
+
+def limit_length(vectors: np.ndarray, limit: float) -> np.ndarray:
+    """``vectors`` (N, 3) scaled down where longer than ``limit``, keeping their direction."""
+    length = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors * np.minimum(1.0, limit / np.maximum(length, 1e-12))
+
+
+def write_detections_csv(
+    detections: dict[str, Detection], path: str | os.PathLike, *, coordinate_system: str = "LPS"
+) -> Path:
+    """One row per case and landmark: the cascade's point, then confidence, flag, stage-2 shift and the stage-1
+    point (in the same frame)."""
+    extra = {}
+    for case, detection in detections.items():
+        stage1 = detection.stage1_lps if coordinate_system.upper() == "LPS" else detection.stage1_ras
+        extra[case] = {
+            "confidence": [f"{c:.3f}" for c in detection.confidence],
+            "flagged": [int(f) for f in detection.flagged],
+            "stage2_shift_mm": [f"{s:.3f}" for s in detection.stage2_shift_mm],
+            "stage1_x": [repr(float(v)) for v in stage1[:, 0]],
+            "stage1_y": [repr(float(v)) for v in stage1[:, 1]],
+            "stage1_z": [repr(float(v)) for v in stage1[:, 2]],
+        }
+    cases = {case: detection.landmarks() for case, detection in detections.items()}
+    return write_landmarks_csv(cases, path, coordinate_system=coordinate_system, extra_columns=extra)

@@ -1,0 +1,134 @@
+"""The model file: one ``.pt`` file with both stages' weights and everything needed to use them.
+
+Contents (a flat dictionary of tensors and strings, loaded with ``torch.load(weights_only=True)``, which never
+unpickles arbitrary objects):
+
+- ``format``: "cascade-landmarks-model"; ``format_version``: an integer, refused when newer than this code knows;
+- ``config``: the :class:`~cascade_landmarks.config.CascadeConfig` as JSON (landmark set with names, spacings,
+  grid and patch sizes, intensity window, network settings);
+- ``training``: a JSON summary of how and on what it was trained (cases, spacings, iterations, validation error);
+- ``stage1.*`` and ``stage2.*``: the weights of the heatmap U-Net and of the displacement CNNs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .atomic_files import atomic_path
+from .config import CascadeConfig
+from .models import DisplacementCNN, HeatmapUNet
+
+FORMAT = "cascade-landmarks-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CascadeModel:
+    """Both stages of a trained cascade, ready for detection (on the CPU until moved)."""
+
+    config: CascadeConfig
+    stage1: HeatmapUNet
+    stage2: DisplacementCNN
+    training: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, config: CascadeConfig, *, seed: int = 0) -> CascadeModel:
+        """Fresh networks for ``config``, initialised from ``seed``."""
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            return cls(config, HeatmapUNet(config.unet), DisplacementCNN(config.displacement))
+        finally:
+            torch.random.set_rng_state(generator_state)
+
+    @property
+    def landmark_labels(self) -> list[str]:
+        return self.config.landmark_set.labels
+
+    def to(self, device: torch.device) -> CascadeModel:
+        self.stage1.to(device)
+        self.stage2.to(device)
+        return self
+
+    def state(self) -> dict:
+        """The flat dictionary saved to the model file."""
+        state = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": json.dumps(self.config.to_dict()),
+            "training": json.dumps(self.training),
+        }
+        for prefix, network in (("stage1", self.stage1), ("stage2", self.stage2)):
+            for name, tensor in network.state_dict().items():
+                state[f"{prefix}.{name}"] = tensor.detach().cpu()
+        return state
+
+
+def save_model(model: CascadeModel, path: str | os.PathLike) -> Path:
+    """Write ``model`` to ``path`` atomically (a kill mid-write leaves the previous file intact)."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        torch.save(model.state(), temporary)
+    return path
+
+
+def load_model(path: str | os.PathLike, *, landmark_set: str | None = None) -> CascadeModel:
+    """Load a model file without unpickling anything but tensors and plain values.
+
+    Args:
+        landmark_set: if given, the model must be for this landmark set.
+
+    Raises:
+        ValueError: the file is missing, truncated or not a model file, comes from a newer version of
+            CascadeLandmarks, or is for another landmark set.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Model file {path} does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise ValueError(
+            f"Cannot load model {path}: the file is truncated or not a CascadeLandmarks model ({error})."
+        ) from error
+    except Exception as error:  # weights_only refuses pickled objects with UnpicklingError and others
+        raise ValueError(f"Refusing model {path}: it holds objects other than tensors and plain values.") from error
+    return model_from_state(state, source=str(path), landmark_set=landmark_set)
+
+
+def model_from_state(state: dict, *, source: str = "model", landmark_set: str | None = None) -> CascadeModel:
+    """Rebuild a :class:`CascadeModel` from the dictionary :meth:`CascadeModel.state` gives."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{source} is not a CascadeLandmarks model file.")
+    version = state.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{source} has model format version {version}; this CascadeLandmarks reads up to {FORMAT_VERSION}. "
+            "Update CascadeLandmarks to use it."
+        )
+    try:
+        config = CascadeConfig.from_dict(json.loads(state["config"]))
+        training = json.loads(state.get("training", "{}"))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{source} has a damaged configuration ({error}).") from error
+    if landmark_set is not None and config.landmark_set.name != landmark_set:
+        raise ValueError(
+            f"{source} finds landmark set {config.landmark_set.name}, not {landmark_set}; pick a model for "
+            f"{landmark_set}."
+        )
+    model = CascadeModel(config, HeatmapUNet(config.unet), DisplacementCNN(config.displacement), training)
+    for prefix, network in (("stage1", model.stage1), ("stage2", model.stage2)):
+        weights = {key[len(prefix) + 1 :]: value for key, value in state.items() if key.startswith(prefix + ".")}
+        try:
+            network.load_state_dict(weights)
+        except RuntimeError as error:
+            raise ValueError(f"{source}: the {prefix} weights do not fit its configuration ({error}).") from error
+    model.stage1.eval()
+    model.stage2.eval()
+    return model

@@ -1,0 +1,107 @@
+"""What the networks see: intensity normalisation, the stage-1 grid and the stage-2 patches.
+
+Training and detection both go through these functions, so a model sees at detection exactly what it saw in
+training. Both grids are axis-aligned in LPS (identity direction), whatever the volume's own orientation, so a
+model does not depend on how a scanner or a converter ordered the voxels:
+
+- **Stage-1 grid**: the whole volume resampled to ``stage1_spacing_mm`` (isotropic) on a fixed grid of
+  ``stage1_grid`` voxels centred on the volume's centre (cropping or padding the field of view).
+- **Stage-2 patch**: ``patch_size`` voxels at ``stage2_spacing_mm`` centred on a physical point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from .coordinates import Geometry
+from .volumes import Volume
+
+_IDENTITY = np.eye(3)
+
+
+@dataclass(frozen=True)
+class IntensityWindow:
+    """Maps intensities to about [0, 1]: ``(clip(x, low, high) - low) / (high - low)``.
+
+    ``mode="fixed"``: ``low`` and ``high`` are intensities (Hounsfield units for CT).
+    ``mode="percentile"``: ``low`` and ``high`` are percentiles of each volume (for MR, whose units are arbitrary).
+    """
+
+    mode: str = "fixed"
+    low: float = -1000.0
+    high: float = 2000.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("fixed", "percentile"):
+            raise ValueError(f"Intensity mode must be 'fixed' or 'percentile', not {self.mode!r}.")
+        if not self.low < self.high:
+            raise ValueError(f"Intensity window needs low < high, got {self.low} and {self.high}.")
+        if self.mode == "percentile" and not 0 <= self.low < self.high <= 100:
+            raise ValueError(f"Percentiles must lie in [0, 100], got {self.low} and {self.high}.")
+
+    def bounds(self, volume: Volume) -> tuple[float, float]:
+        """The intensities that map to 0 and 1 for this volume."""
+        if self.mode == "fixed":
+            return self.low, self.high
+        sample = volume.array[:: max(1, volume.array.shape[0] // 64)]
+        low, high = np.percentile(sample, [self.low, self.high])
+        return float(low), float(max(high, low + 1e-6))
+
+    def apply(self, array: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+        """``array`` windowed to [0, 1] as float32."""
+        low, high = bounds
+        return ((np.clip(array.astype(np.float32), low, high) - low) / (high - low)).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def stage1_geometry(volume_geometry: Geometry, spacing_mm: float, grid: tuple[int, int, int]) -> Geometry:
+    """The stage-1 grid for a volume: LPS-aligned, ``spacing_mm`` isotropic, ``grid`` voxels (i, j, k),
+    centred on the volume's centre."""
+    centre = volume_geometry.index_to_lps((np.asarray(volume_geometry.size) - 1) / 2.0)
+    return _centred_grid(centre, spacing_mm, grid)
+
+
+def patch_geometry(centre_lps: np.ndarray, spacing_mm: float, size: int) -> Geometry:
+    """An LPS-aligned cube of ``size`` voxels at ``spacing_mm`` centred on ``centre_lps`` (mm)."""
+    return _centred_grid(np.asarray(centre_lps, dtype=float), spacing_mm, (size, size, size))
+
+
+def _centred_grid(centre_lps: np.ndarray, spacing_mm: float, size) -> Geometry:
+    half = (np.asarray(size, dtype=float) - 1) / 2.0 * spacing_mm
+    return Geometry(size=tuple(size), spacing=(spacing_mm,) * 3, origin=centre_lps - half, direction=_IDENTITY)
+
+
+class Sampler:
+    """Resamples one volume onto stage-1 grids and stage-2 patches, with its intensity window applied.
+
+    Holds the SimpleITK image of the volume once, so many patches cost no copy of the whole volume.
+    Voxels outside the volume read as the window's lower bound (air for CT).
+    """
+
+    def __init__(self, volume: Volume, window: IntensityWindow):
+        self.volume = volume
+        self.bounds = window.bounds(volume)
+        self._window = window
+        self._image = volume.to_sitk()
+
+    def sample(self, geometry: Geometry) -> np.ndarray:
+        """Windowed intensities on ``geometry``, float32, shape ``geometry.shape`` ([k, j, i])."""
+        resampler = sitk.ResampleImageFilter()
+        resampler.SetSize([int(n) for n in geometry.size])
+        resampler.SetOutputSpacing(geometry.spacing.tolist())
+        resampler.SetOutputOrigin(geometry.origin.tolist())
+        resampler.SetOutputDirection(geometry.direction.ravel().tolist())
+        resampler.SetInterpolator(sitk.sitkLinear)
+        resampler.SetOutputPixelType(sitk.sitkFloat32)
+        resampler.SetDefaultPixelValue(self.bounds[0])
+        array = sitk.GetArrayFromImage(resampler.Execute(self._image))
+        return self._window.apply(array, self.bounds)
+
+    def patches(self, centres_lps: np.ndarray, spacing_mm: float, size: int) -> np.ndarray:
+        """One patch per centre (LPS mm, shape (N, 3)), float32, shape (N, size, size, size)."""
+        return np.stack([self.sample(patch_geometry(c, spacing_mm, size)) for c in np.asarray(centres_lps)])

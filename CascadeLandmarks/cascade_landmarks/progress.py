@@ -1,0 +1,65 @@
+"""Progress bars for long loops, on standard error: count, percentage, metrics, speed and time left.
+
+On a terminal the line is redrawn in place; in a log file a line is written every tenth of the way.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ProgressBar:
+    """``bar = ProgressBar(400, "stage 1"); bar.update(n, loss=0.01)``; ``bar.close()`` at the end."""
+
+    def __init__(self, total: int, description: str, *, start: int = 0, stream: TextIO | None = None, enabled=True):
+        self.total = max(total, 1)
+        self.description = description
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self._start_count = start
+        self._started = time.perf_counter()
+        self._last_draw = 0.0
+        self._last_tenth = -1
+        self._interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.metrics: dict[str, str] = {}
+
+    def update(self, count: int, **metrics: float | str) -> None:
+        for name, value in metrics.items():
+            self.metrics[name] = f"{value:.4g}" if isinstance(value, float) else str(value)
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        tenth = int(10 * count / self.total)
+        if self._interactive and now - self._last_draw < 0.2 and count < self.total:
+            return
+        if not self._interactive and tenth == self._last_tenth and count < self.total:
+            return
+        self._last_draw, self._last_tenth = now, tenth
+        self.stream.write(
+            ("\r" if self._interactive else "") + self.line(count, now) + ("" if self._interactive else "\n")
+        )
+        self.stream.flush()
+
+    def line(self, count: int, now: float | None = None) -> str:
+        elapsed = (now or time.perf_counter()) - self._started
+        done = count - self._start_count
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - count) / rate if rate > 0 else float("nan")
+        parts = [f"{self.description} {count}/{self.total} {100 * count / self.total:3.0f}%"]
+        parts += [f"{name} {value}" for name, value in self.metrics.items()]
+        parts.append(f"{rate:.2f} it/s")
+        parts.append(f"{_duration(left)} left" if left == left else "-- left")
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        if self.enabled and self._interactive:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,91 @@
+"""Detection as users call it: from Python and from the command line, in physical millimetres whatever the
+volume's orientation, without touching the input."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cascade_landmarks import Geometry, read_landmarks, read_volume, resample
+from cascade_landmarks.detector import detect
+from cascade_landmarks.devices import select_device
+from cascade_landmarks.volumes import resample_to_geometry
+
+from conftest import rotation
+
+BIN = Path(sys.executable).parent
+
+
+def test_detect_returns_labelled_points_in_both_frames_with_confidence(trained_model_path, synthetic_data):
+    volume = read_volume(synthetic_data / "test" / "case101.nrrd")
+    before = hashlib.sha256(volume.array.tobytes()).hexdigest()
+    detection = detect(volume, trained_model_path)
+    assert hashlib.sha256(volume.array.tobytes()).hexdigest() == before  # the input is untouched
+    assert detection.labels == ["sphere 1", "sphere 2", "sphere 3"]
+    np.testing.assert_allclose(detection.positions_ras, detection.positions_lps * [-1, -1, 1])
+    assert detection.confidence.shape == (3,)
+    assert np.all((detection.confidence >= 0) & (detection.confidence <= 1))
+    np.testing.assert_array_equal(detection.flagged, detection.confidence < 0.5)
+    model_radius = 5.0
+    assert np.all(detection.stage2_shift_mm <= model_radius + 1e-9)
+
+
+def test_the_same_anatomy_on_a_rotated_anisotropic_grid_gives_the_same_points(trained_model_path, synthetic_data):
+    volume = read_volume(synthetic_data / "test" / "case102.nrrd")
+    centre = volume.geometry.index_to_lps((np.asarray(volume.geometry.size) - 1) / 2)
+    direction = rotation([1.0, -0.5, 0.3], 25.0)
+    spacing = np.array([1.2, 1.6, 2.0])
+    size = (52, 40, 32)
+    origin = centre - direction @ ((np.asarray(size) - 1) / 2 * spacing)
+    rotated = resample_to_geometry(volume, Geometry(size, spacing, origin, direction), interpolation="bspline")
+    straight, turned = detect(volume, trained_model_path), detect(rotated, trained_model_path)
+    # Same physical content, different voxel grid: the points agree to interpolation error, far below a voxel.
+    assert np.linalg.norm(straight.positions_lps - turned.positions_lps, axis=1).max() < 1.0
+
+
+def test_the_detect_command_writes_one_markups_file_per_volume_and_a_csv(tmp_path, trained_model_path, synthetic_data):
+    volumes = [synthetic_data / "test" / f"case{n}.nrrd" for n in (100, 101)]
+    result = subprocess.run(
+        [str(BIN / "cascade-landmarks"), "detect", str(trained_model_path), *map(str, volumes),
+         "-o", str(tmp_path / "out"), "--coordinate-system", "RAS", "--quiet"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for volume in volumes:
+        points = read_landmarks(tmp_path / "out" / volume.name.replace(".nrrd", ".mrk.json"))
+        np.testing.assert_allclose(points.positions_lps, detect(volume, trained_model_path).positions_lps, atol=1e-9)
+    with open(tmp_path / "out" / "detections.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["case"] for row in rows] == ["case100"] * 3 + ["case101"] * 3
+    assert {"confidence", "flagged", "stage1_x", "stage2_shift_mm"} <= set(rows[0])
+    assert rows[0]["coordinate_system"] == "RAS"
+
+
+def test_asking_for_a_gpu_without_one_falls_back_to_the_cpu_with_a_warning():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the fallback cannot happen here")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert select_device("cuda").type == "cpu"
+    assert "no CUDA GPU" in str(caught[0].message)
+    assert select_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="Unknown device"):
+        select_device("tpu")
+
+
+def test_a_coarser_copy_of_the_volume_still_gives_the_points_within_a_millimetre(trained_model_path, synthetic_data):
+    volume = read_volume(synthetic_data / "test" / "case103.nrrd")
+    coarse = resample(volume, (1.5, 1.5, 2.5), interpolation="bspline")
+    shift = np.linalg.norm(
+        detect(volume, trained_model_path).positions_lps - detect(coarse, trained_model_path).positions_lps, axis=1
+    )
+    assert shift.max() < 1.5

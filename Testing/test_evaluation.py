@@ -1,0 +1,95 @@
+"""Evaluation: statistics checked by hand, and the evaluate command's tables, plot and quality-control images."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cascade_landmarks.evaluation import Evaluation
+
+BIN = Path(sys.executable).parent
+
+
+def _evaluation(stage1: np.ndarray, cascade: np.ndarray, confidence: np.ndarray) -> Evaluation:
+    return Evaluation(
+        labels=["a", "b"],
+        case_names=[f"case{n}" for n in range(len(stage1))],
+        errors_mm={"stage1": stage1, "cascade": cascade},
+        confidence=confidence,
+        flagged=confidence < 0.5,
+        detections=[],
+        references=[],
+    )
+
+
+def test_statistics_and_success_rates_by_hand():
+    cascade = np.array([[1.0, 2.0], [3.0, 5.0], [2.5, 0.5]])
+    evaluation = _evaluation(cascade * 2, cascade, np.array([[0.9, 0.8], [0.4, 0.1], [0.7, 0.95]]))
+    rows = {row["landmark"]: row for row in evaluation.rows()}
+    assert rows["a"]["cascade_mean"] == pytest.approx(6.5 / 3)
+    assert rows["a"]["cascade_median"] == pytest.approx(2.5)
+    assert rows["a"]["cascade_max"] == pytest.approx(3.0)
+    assert rows["a"]["cascade_std"] == pytest.approx(np.std([1.0, 3.0, 2.5]))
+    assert rows["all"]["cascade_within_2mm"] == pytest.approx(3 / 6)  # 1.0, 2.0, 0.5
+    assert rows["all"]["cascade_within_2.5mm"] == pytest.approx(4 / 6)
+    assert rows["all"]["cascade_within_4mm"] == pytest.approx(5 / 6)
+    assert rows["b"]["stage1_mean"] == pytest.approx(2 * 7.5 / 3)
+    check = evaluation.confidence_check()
+    assert check["spearman_confidence_vs_error"] == pytest.approx(-1.0)  # here confidence ranks errors exactly
+    assert check["flagged"] == 2
+    assert check["mean_error_flagged_mm"] == pytest.approx(4.0)
+    table = evaluation.markdown()
+    assert "| a | 2.17 +- 0.85 | 2.50 | 3.00 | 33% | 67% | 100% | 100% |" in table
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_the_evaluate_command_writes_tables_plot_and_quality_control(tmp_path, trained_model_path, synthetic_data):
+    result = subprocess.run(
+        [str(BIN / "cascade-landmarks"), "evaluate", str(trained_model_path), str(synthetic_data / "test"),
+         "-o", str(tmp_path), "--quiet"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "errors.md").read_text()
+    assert "## Stage 1 alone" in table
+    assert "## Cascade" in table
+    assert "| **all** |" in table
+    csv_lines = (tmp_path / "errors.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("landmark,stage1_mean,stage1_std,stage1_median,stage1_max,stage1_within_2mm")
+    assert [line.split(",")[0] for line in csv_lines[1:]] == ["sphere 1", "sphere 2", "sphere 3", "all"]
+    assert len((tmp_path / "errors_per_case.csv").read_text().splitlines()) == 1 + 4 * 3
+    width, height = _png_size(tmp_path / "errors.png")
+    assert width >= 480
+    assert height == 420
+    qc = sorted((tmp_path / "qc").glob("*.png"))
+    assert [p.name for p in qc] == ["case100.png", "case101.png", "case102.png", "case103.png"]
+    assert _png_size(qc[0]) == (3 * 96 + 2 * 2, 3 * 96 + 2 * 2)  # three views by three landmarks
+
+
+def test_quality_control_draws_the_reference_on_the_bright_sphere(trained_model_path, synthetic_data):
+    from cascade_landmarks import read_landmarks, read_volume
+    from cascade_landmarks.detector import detect
+    from cascade_landmarks.figures import REFERENCE_COLOUR, quality_control_image
+
+    volume = read_volume(synthetic_data / "test" / "case100.nrrd")
+    reference = read_landmarks(synthetic_data / "test" / "case100.mrk.json")
+    image = quality_control_image(volume, reference, detect(volume, trained_model_path))
+    tile = 96 + 2  # three rows (landmarks) of three 96-pixel views, 2-pixel gaps
+    for row in range(3):
+        for column in range(3):
+            centre_row, centre_column = row * tile + 48, column * tile + 48
+            assert tuple(image[centre_row, centre_column]) == REFERENCE_COLOUR  # the reference at each view's centre
+    # Off the cross, inside the brightest sphere (landmark 3, radius 6 mm = 9.6 pixels), it is bright;
+    # 30 pixels away it is the dark background.
+    assert image[2 * tile + 48 + 5, 48 + 5].mean() > 200
+    assert image[2 * tile + 48 + 30, 48 + 30].mean() < 100
