@@ -3,7 +3,7 @@ file) and how it is trained (:class:`TrainingConfig`, saved beside it in the tra
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from .landmark_sets import LandmarkSet, landmark_set_from_dict
 from .models import DisplacementCNNConfig, HeatmapUNetConfig
@@ -74,10 +74,6 @@ class CascadeConfig:
         if not 0 < self.heatmap_height <= 1 or self.heatmap_sigma <= 0:
             raise ValueError("Heatmap height must lie in (0, 1] and sigma must be positive.")
 
-    @property
-    def stage1_field_of_view_mm(self) -> tuple[float, float, float]:
-        return tuple(n * self.stage1_spacing_mm for n in self.stage1_grid)
-
     def to_dict(self) -> dict:
         data = asdict(self)
         data["landmark_set"] = landmark_set_to_dict(self.landmark_set)
@@ -118,9 +114,6 @@ class CascadeConfig:
             displacement=DisplacementCNNConfig(landmarks=n, patch_size=patch_size),
             **settings,
         )
-
-    def with_changes(self, **changes) -> CascadeConfig:
-        return replace(self, **changes)
 
 
 def landmark_set_to_dict(landmark_set: LandmarkSet) -> dict:

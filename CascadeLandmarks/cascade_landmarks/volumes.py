@@ -219,7 +219,8 @@ def _as_scalar_3d(image: sitk.Image, source: str) -> sitk.Image:
     return image
 
 
-def _geometry_of(image: sitk.Image, source: str) -> Geometry:
+def _geometry_of(image: sitk.Image | sitk.ImageFileReader, source: str) -> Geometry:
+    """The geometry of an image or of a reader that has read a header, or a ValueError naming ``source``."""
     try:
         return Geometry(
             size=image.GetSize(),
@@ -271,13 +272,7 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
         reader.ReadImageInformation()
     except RuntimeError as error:
         raise ValueError(f"Cannot read volume {path}: is it a NRRD, NIfTI or MHA file?") from error
-    size = reader.GetSize()
-    if reader.GetDimension() == 4 and size[3] == 1:
-        return read_volume(path).geometry
     if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
-        return read_volume(path).geometry  # raises the error that names the problem
-    direction = np.reshape(reader.GetDirection(), (3, 3))
-    try:
-        return Geometry(size=size, spacing=reader.GetSpacing(), origin=reader.GetOrigin(), direction=direction)
-    except ValueError as error:
-        raise ValueError(f"Volume {path} has an unusable header. {error}.") from error
+        # 4-D with one time point is read; anything else raises the error that names the problem.
+        return read_volume(path).geometry
+    return _geometry_of(reader, str(path))
