@@ -131,6 +131,8 @@ def write_error_plot(evaluation, path: str | os.PathLike, *, title: str = "Mean 
         import vtk
     except ImportError as error:
         raise ValueError("The error plot needs VTK: `pip install vtk`, or run inside 3D Slicer.") from error
+    # Offscreen rendering tries an X display before EGL; without a display that is expected, not worth a warning.
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_ERROR)
     rows = evaluation.rows()
     table = vtk.vtkTable()
     columns = {"landmark": vtk.vtkFloatArray(), "stage 1": vtk.vtkFloatArray(), "cascade": vtk.vtkFloatArray()}
