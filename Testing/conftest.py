@@ -95,7 +95,7 @@ TINY_MODEL_SETTINGS = {
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
     """``train/`` (12 cases) and ``test/`` (4 held-out cases) of synthetic sphere volumes."""
-    from synthetic import write_cases
+    from cascade_landmarks.phantoms.spheres import write_cases
 
     root = tmp_path_factory.mktemp("synthetic")
     write_cases(root / "train", range(12))
@@ -106,9 +106,8 @@ def synthetic_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_model_path(synthetic_data) -> Path:
     """A model trained on ``synthetic_data/train`` (600 + 400 iterations, seed 0)."""
-    from synthetic import SPHERES_SET
-
     from cascade_landmarks.config import TrainingConfig
+    from cascade_landmarks.phantoms.spheres import SPHERES_SET
     from cascade_landmarks.training import train
 
     path = synthetic_data / "model.pt"

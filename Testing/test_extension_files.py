@@ -116,3 +116,31 @@ def test_the_wheel_carries_the_engine_the_command_and_the_landmark_sets(tmp_path
     } <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "cascade-landmarks = cascade_landmarks.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+# --- the Slicer module: what can be checked without Qt ----------------------------------------------------
+# (Qt widgets and the Slicer application do not run here; the module's Test class runs the workflow inside
+# Slicer, and Testing/test_slicer_workflow.py runs the same workflow against the real MRML core.)
+
+UI_FILE = MODULE_DIR / "Resources/UI/CascadeLandmarks.ui"
+
+
+def test_every_widget_the_module_uses_is_in_the_ui_file():
+    import xml.etree.ElementTree as ElementTree
+
+    declared = {w.get("name") for w in ElementTree.parse(UI_FILE).iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / "CascadeLandmarks.py").read_text()))
+    assert used
+    assert used <= declared, f"missing from the .ui file: {sorted(used - declared)}"
+
+
+def test_the_module_has_the_four_classes_slicer_expects():
+    tree = ast.parse((MODULE_DIR / "CascadeLandmarks.py").read_text())
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert {"CascadeLandmarks", "CascadeLandmarksWidget", "CascadeLandmarksLogic", "CascadeLandmarksTest"} <= classes
+
+
+def test_the_module_cmake_ships_the_ui_and_registers_the_test():
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    assert "Resources/UI/${MODULE_NAME}.ui" in cmake
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake

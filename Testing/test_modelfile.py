@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from synthetic import SPHERES_SET
 
 from cascade_landmarks.config import CascadeConfig
 from cascade_landmarks.detector import detect
 from cascade_landmarks.modelfile import FORMAT_VERSION, CascadeModel, load_model, save_model
+from cascade_landmarks.phantoms.spheres import SPHERES_SET
 
 
 class Payload:

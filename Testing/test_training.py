@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic import SPHERES_SET, make_case, write_cases, write_set
 
 from cascade_landmarks import Landmarks, write_landmarks
 from cascade_landmarks.config import FINE_TUNING_LEARNING_RATE, TrainingConfig
 from cascade_landmarks.detector import detect
 from cascade_landmarks.modelfile import load_model
+from cascade_landmarks.phantoms.spheres import SPHERES_SET, make_case, write_cases, write_set
 from cascade_landmarks.training import checkpoint_path, train
 
 from conftest import TINY_MODEL_SETTINGS

@@ -30,7 +30,7 @@ from .landmark_sets import available_landmark_sets, load_landmark_set
 from .landmarks import Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
 from .modelfile import load_model
 from .preprocessing import IntensityWindow
-from .progress import ProgressBar
+from .progress import PROGRESS_FORMATS, ProgressBar, set_progress_format
 from .training import train
 from .volumes import Volume, case_name, read_volume, values_at
 
@@ -40,6 +40,7 @@ DEMO_CASE = Path("real") / "cta-thorax-abdomen"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    set_progress_format(args.progress_format)
     try:
         return args.run(args)
     except ValueError as error:
@@ -50,6 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cascade-landmarks", description="Anatomical landmark detection in CT angiography (Tan et al.)."
+    )
+    parser.add_argument(
+        "--progress-format",
+        choices=PROGRESS_FORMATS,
+        default="bar",
+        help="bar: progress bars on standard error; json: one JSON object per line on standard output",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -202,13 +209,17 @@ def _run_detect(args: argparse.Namespace) -> int:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"Several volumes are named {', '.join(repeated)}; their results would overwrite each other.")
-    bar = ProgressBar(len(args.volumes), "detecting", enabled=not args.quiet)
+    bar = ProgressBar(100 * len(args.volumes), "detecting", enabled=not args.quiet)
     detections = {}
-    for count, (name, path) in enumerate(zip(names, args.volumes, strict=True), start=1):
-        detection = detect(path, model, device=args.device)
+    for index, (name, path) in enumerate(zip(names, args.volumes, strict=True)):
+
+        def report(step: str, fraction: float, index=index, name=name) -> None:
+            bar.update(int(100 * (index + fraction)), case=name, step=step)
+
+        detection = detect(path, model, device=args.device, progress=report)
         write_landmarks(detection.landmarks(), output / f"{name}.mrk.json", coordinate_system=args.coordinate_system)
         detections[name] = detection
-        bar.update(count, flagged=int(detection.flagged.sum()))
+        bar.update(100 * (index + 1), flagged=int(detection.flagged.sum()))
     bar.close()
     write_detections_csv(detections, output / "detections.csv", coordinate_system=args.coordinate_system)
     flagged = sum(int(d.flagged.sum()) for d in detections.values())

@@ -91,6 +91,8 @@ def load_model(path: str | os.PathLike, *, landmark_set: str | None = None) -> C
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Model file {path} does not exist.")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or foreign
+        raise ValueError(f"Cannot load model {path}: the file is truncated or not a CascadeLandmarks model.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:

@@ -1,13 +1,28 @@
 """Progress bars for long loops, on standard error: count, percentage, metrics, speed and time left.
 
-On a terminal the line is redrawn in place; in a log file a line is written every tenth of the way.
+On a terminal the line is redrawn in place; in a log file a line is written every tenth of the way. For a
+program that runs the command in the background (the Slicer module), ``set_progress_format("json")`` makes every
+bar print one JSON object per update on standard output instead:
+``{"task": "stage 1", "done": 120, "total": 400, "fraction": 0.3, "metrics": {...}, "seconds_left": 63.0}``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import TextIO
+
+PROGRESS_FORMATS = ("bar", "json")
+_format = "bar"
+
+
+def set_progress_format(name: str) -> None:
+    """``"bar"`` (human-readable, standard error) or ``"json"`` (one object per line, standard output)."""
+    global _format
+    if name not in PROGRESS_FORMATS:
+        raise ValueError(f"Progress format must be one of {PROGRESS_FORMATS}, not {name!r}.")
+    _format = name
 
 
 def _duration(seconds: float) -> str:
@@ -37,6 +52,11 @@ class ProgressBar:
         if not self.enabled:
             return
         now = time.perf_counter()
+        if _format == "json":
+            if now - self._last_draw >= 0.2 or count >= self.total:
+                self._last_draw = now
+                print(json.dumps(self.record(count, now)), flush=True)
+            return
         tenth = int(10 * count / self.total)
         if self._interactive and now - self._last_draw < 0.2 and count < self.total:
             return
@@ -48,11 +68,25 @@ class ProgressBar:
         )
         self.stream.flush()
 
-    def line(self, count: int, now: float | None = None) -> str:
+    def _rate_and_left(self, count: int, now: float | None) -> tuple[float, float]:
         elapsed = (now or time.perf_counter()) - self._started
-        done = count - self._start_count
-        rate = done / elapsed if elapsed > 0 else 0.0
-        left = (self.total - count) / rate if rate > 0 else float("nan")
+        rate = (count - self._start_count) / elapsed if elapsed > 0 else 0.0
+        return rate, (self.total - count) / rate if rate > 0 else float("nan")
+
+    def record(self, count: int, now: float | None = None) -> dict:
+        """The JSON form of the progress at ``count``."""
+        _, left = self._rate_and_left(count, now)
+        return {
+            "task": self.description,
+            "done": count,
+            "total": self.total,
+            "fraction": count / self.total,
+            "metrics": dict(self.metrics),
+            "seconds_left": None if left != left else round(left, 1),
+        }
+
+    def line(self, count: int, now: float | None = None) -> str:
+        rate, left = self._rate_and_left(count, now)
         parts = [f"{self.description} {count}/{self.total} {100 * count / self.total:3.0f}%"]
         parts += [f"{name} {value}" for name, value in self.metrics.items()]
         parts.append(f"{rate:.2f} it/s")
@@ -60,6 +94,6 @@ class ProgressBar:
         return " | ".join(parts)
 
     def close(self) -> None:
-        if self.enabled and self._interactive:
+        if self.enabled and self._interactive and _format == "bar":
             self.stream.write("\n")
             self.stream.flush()

@@ -1,8 +1,8 @@
-"""Small synthetic volumes with known landmarks, made by the tests themselves (not phantoms of anatomy).
+"""Spheres: small synthetic volumes with known landmarks, for tests of the machinery (not phantoms of anatomy).
 
 Each case: noise around -100 HU, and three bright spheres of different intensities in a jittered layout; the
-landmark is each sphere's centre, exactly. Geometry varies between cases
-(origin, and optionally a rotated direction), so training has to work in physical millimetres.
+landmark is each sphere's centre, exactly. The origin varies between cases (and the direction on request), so a
+model has to work in physical millimetres.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade_landmarks import Geometry, Landmarks, LandmarkSet, Volume, write_landmarks, write_volume
-from cascade_landmarks.landmark_sets import LandmarkDefinition
+from ..coordinates import Geometry
+from ..landmark_sets import LandmarkDefinition, LandmarkSet
+from ..landmarks import Landmarks, write_landmarks
+from ..volumes import Volume, write_volume
 
 SPHERE_HU = (600.0, 1100.0, 1600.0)
 SPHERE_RADIUS_MM = 6.0
@@ -29,6 +31,7 @@ SPHERES_SET = LandmarkSet(
 
 
 def make_case(seed: int, *, size=(40, 40, 40), spacing=(1.5, 1.5, 1.5), direction=None) -> tuple[Volume, Landmarks]:
+    """One case (int16 HU volume and its three landmarks in LPS mm); the same seed gives the same case."""
     rng = np.random.default_rng(seed)
     geometry = Geometry(
         size=size,
@@ -54,6 +57,7 @@ def make_case(seed: int, *, size=(40, 40, 40), spacing=(1.5, 1.5, 1.5), directio
 
 
 def write_cases(folder: Path, seeds, **options) -> Path:
+    """Write ``case<seed>.nrrd`` and ``case<seed>.mrk.json`` for each seed: a training folder."""
     folder.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         volume, landmarks = make_case(seed, **options)
@@ -66,7 +70,7 @@ def write_set(folder: Path) -> Path:
     """The spheres set as a landmark-set definition file."""
     import json
 
-    from cascade_landmarks.config import landmark_set_to_dict
+    from ..config import landmark_set_to_dict
 
     path = folder / "spheres-3.json"
     path.write_text(json.dumps(landmark_set_to_dict(SPHERES_SET)))

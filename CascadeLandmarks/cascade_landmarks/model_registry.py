@@ -1,0 +1,141 @@
+"""Which models a user can pick: the ones shipped in ``Resources/Models/registry.json`` and the user's own
+(added from a file, or made by fine-tuning), listed in a registry file in the user's folder.
+
+A model is named by a short name ("cardiac-5", "cardiac-5-v2") or given as a path. Shipped files are checked
+against the SHA-256 in the registry before use, so a damaged or replaced file is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .atomic_files import write_text_atomically
+from .resource_files import resource_path
+
+USER_FOLDER_VARIABLE = "CASCADE_LANDMARKS_HOME"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model.
+
+    Attributes:
+        name: what users pick it by.
+        landmark_set: the set it finds.
+        file: absolute path of the model file.
+        sha256: checksum of the file.
+        version: 1 for a trained model, one more for each fine-tuning.
+        description: a line for the model list.
+        bundled: shipped with the extension (read-only) or the user's.
+    """
+
+    name: str
+    landmark_set: str
+    file: str
+    sha256: str
+    version: int = 1
+    description: str = ""
+    bundled: bool = False
+
+
+def user_folder() -> Path:
+    """Where the user's registry lives: ``$CASCADE_LANDMARKS_HOME``, else ``~/.cascade-landmarks``."""
+    return Path(os.environ.get(USER_FOLDER_VARIABLE, Path.home() / ".cascade-landmarks"))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def available_models() -> list[ModelEntry]:
+    """The shipped models, then the user's, by name."""
+    return _bundled_models() + _user_models()
+
+
+def find_model(name: str) -> ModelEntry:
+    for entry in available_models():
+        if entry.name == name:
+            return entry
+    names = ", ".join(e.name for e in available_models()) or "none yet"
+    raise ValueError(f"No model named {name!r}; the registered models are: {names}. Give a model file instead.")
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """The model file for a registered name or a path; a shipped file must match its checksum."""
+    path = Path(name_or_path)
+    if path.suffix == ".pt" or path.exists():
+        if not path.is_file():
+            raise ValueError(f"Model file {path} does not exist.")
+        return path
+    entry = find_model(str(name_or_path))
+    if not Path(entry.file).is_file():
+        raise ValueError(f"The file of model {entry.name} is missing: {entry.file}.")
+    if entry.bundled and file_sha256(entry.file) != entry.sha256:
+        raise ValueError(f"The file of model {entry.name} does not match its checksum: reinstall the extension.")
+    return Path(entry.file)
+
+
+def register_model(
+    path: str | os.PathLike, *, name: str | None = None, parent: str | None = None, description: str = ""
+) -> ModelEntry:
+    """Add a model file to the user's registry (its landmark set read from the file) and return its entry.
+
+    Args:
+        name: defaults to the file name, or ``<parent>-v<version>`` when it was fine-tuned from ``parent``.
+        parent: the registered model it was fine-tuned from; its version plus one becomes this one's.
+    """
+    from .modelfile import load_model  # torch: only when a model is added, not to list them
+
+    path = Path(path).resolve()
+    model = load_model(path)
+    version = 1 if parent is None else find_model(parent).version + 1
+    if name is None:
+        base = re.sub(r"-v\d+$", "", parent) if parent else path.name.removesuffix(".pt")
+        name = f"{base}-v{version}" if parent else base
+    entries = [e for e in _user_models() if e.name != name]
+    if any(e.name == name for e in _bundled_models()):
+        raise ValueError(f"{name} is the name of a shipped model; choose another name.")
+    entry = ModelEntry(
+        name=name,
+        landmark_set=model.config.landmark_set.name,
+        file=str(path),
+        sha256=file_sha256(path),
+        version=version,
+        description=description or f"{model.config.landmark_set.title}; added from {path.name}",
+    )
+    document = {"models": [_user_record(e) for e in [*entries, entry]]}
+    write_text_atomically(user_folder() / "registry.json", json.dumps(document, indent=2) + "\n")
+    return entry
+
+
+def _user_record(entry: ModelEntry) -> dict:
+    record = asdict(entry)
+    record.pop("bundled")
+    return record
+
+
+def _bundled_models() -> list[ModelEntry]:
+    registry = resource_path("Models", "registry.json")
+    folder = Path(str(registry)).parent
+    records = json.loads(registry.read_text(encoding="utf-8"))["models"]
+    return [ModelEntry(**{**r, "file": str(folder / r["file"]), "bundled": True}) for r in records]
+
+
+def _user_models() -> list[ModelEntry]:
+    path = user_folder() / "registry.json"
+    if not path.is_file():
+        return []
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))["models"]
+        return [ModelEntry(**r) for r in records]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"Your model registry {path} is damaged ({error}); fix or delete it.") from error

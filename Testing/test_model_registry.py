@@ -1,0 +1,55 @@
+"""The model registry: shipped models checked by checksum, the user's own models added and versioned."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cascade_landmarks.model_registry import available_models, file_sha256, register_model, resolve_model
+
+
+@pytest.fixture(autouse=True)
+def _user_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("CASCADE_LANDMARKS_HOME", str(tmp_path / "home"))
+
+
+def test_a_shipped_model_is_used_only_while_its_file_matches_the_checksum(tmp_path, trained_model_path, monkeypatch):
+    from cascade_landmarks import model_registry
+
+    shipped = tmp_path / "Models"
+    shipped.mkdir()
+    (shipped / "spheres.pt").write_bytes(trained_model_path.read_bytes())
+    record = {"name": "spheres", "landmark_set": "spheres-3", "file": "spheres.pt",
+              "sha256": file_sha256(trained_model_path), "version": 1}  # fmt: skip
+    (shipped / "registry.json").write_text(json.dumps({"models": [record]}))
+    monkeypatch.setattr(model_registry, "resource_path", lambda *parts: tmp_path.joinpath(*parts))
+    assert [(e.name, e.bundled) for e in available_models()] == [("spheres", True)]
+    assert resolve_model("spheres") == shipped / "spheres.pt"
+    with open(shipped / "spheres.pt", "ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(ValueError, match="does not match its checksum"):
+        resolve_model("spheres")
+    with pytest.raises(ValueError, match="name of a shipped model"):
+        register_model(trained_model_path, name="spheres")
+
+
+def test_a_model_added_from_a_file_and_its_fine_tuned_version(tmp_path, trained_model_path):
+    entry = register_model(trained_model_path)
+    assert (entry.name, entry.landmark_set, entry.version, entry.bundled) == ("model", "spheres-3", 1, False)
+    assert resolve_model("model") == trained_model_path.resolve()
+    copy = tmp_path / "tuned.pt"
+    copy.write_bytes(trained_model_path.read_bytes())
+    tuned = register_model(copy, parent="model")
+    assert (tuned.name, tuned.version) == ("model-v2", 2)
+    again = register_model(copy, parent="model-v2")
+    assert (again.name, again.version) == ("model-v3", 3)
+    saved = json.loads((tmp_path / "home" / "registry.json").read_text())
+    assert [m["name"] for m in saved["models"]] == ["model", "model-v2", "model-v3"]
+
+
+def test_unknown_names_and_missing_files_are_explained(tmp_path):
+    with pytest.raises(ValueError, match="No model named 'heart'"):
+        resolve_model("heart")
+    with pytest.raises(ValueError, match="does not exist"):
+        resolve_model(tmp_path / "gone.pt")

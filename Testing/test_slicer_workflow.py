@@ -1,0 +1,158 @@
+"""The Slicer module's workflow (the Logic's MRML work) on a real MRML scene from slicer-core: detect in the
+background, inspect, correct, save the corrected case, fine-tune and register the new version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cascade_landmarks import Geometry, read_landmarks, read_volume, write_volume
+from cascade_landmarks.data import check_cases, find_cases
+from cascade_landmarks.modelfile import load_model
+from cascade_landmarks.slicer_bridge import landmarks_to_node
+from cascade_landmarks.slicer_workflow import (
+    DETECTION_ATTRIBUTE,
+    DetectionRun,
+    FineTuneRun,
+    detection_rows,
+    save_corrected_case,
+)
+from cascade_landmarks.volumes import resample_to_geometry
+
+from conftest import rotation
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is installed by `make test`")
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def oblique_case_file(tmp_path, synthetic_data) -> Path:
+    """A held-out synthetic case resampled onto a rotated, anisotropic grid (a non-identity direction)."""
+    volume = read_volume(synthetic_data / "test" / "case101.nrrd")
+    centre = volume.geometry.index_to_lps((np.asarray(volume.geometry.size) - 1) / 2)
+    direction, spacing, size = rotation([0.2, 1.0, -0.4], 20.0), np.array([1.3, 1.5, 1.9]), (46, 40, 32)
+    origin = centre - direction @ ((np.asarray(size) - 1) / 2 * spacing)
+    oblique = resample_to_geometry(volume, Geometry(size, spacing, origin, direction), interpolation="bspline")
+    return write_volume(oblique, tmp_path / "oblique.nrrd")
+
+
+def _load_volume_node(scene, path: Path):
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", path.name.split(".")[0])
+    storage = scene.AddNode(slicer.vtkMRMLVolumeArchetypeStorageNode())
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node) == 1
+    return node
+
+
+def test_detect_gives_a_labelled_point_list_equal_to_the_cli_output(
+    mrml_scene, oblique_case_file, trained_model_path, tmp_path
+):
+    volume_node = _load_volume_node(mrml_scene, oblique_case_file)
+    progress = []
+    node = (
+        DetectionRun(mrml_scene, volume_node, trained_model_path, model_name="spheres")
+        .start()
+        .wait(progress=lambda fraction, status: progress.append(fraction))
+    )
+    assert node.GetName() == "oblique spheres"
+    labels = [node.GetNthControlPointLabel(i) for i in range(node.GetNumberOfControlPoints())]
+    assert labels == load_model(trained_model_path).landmark_labels
+    assert node.GetNthControlPointDescription(0) == "centre of the 600 HU sphere"
+
+    cli = subprocess.run([str(BIN / "cascade-landmarks"), "detect", str(trained_model_path), str(oblique_case_file),
+                          "-o", str(tmp_path / "cli"), "--quiet"], capture_output=True, text=True)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    expected_ras = read_landmarks(tmp_path / "cli" / "oblique.mrk.json").positions_ras
+    positions = np.array([node.GetNthControlPointPositionWorld(i) for i in range(3)])
+    np.testing.assert_allclose(positions, expected_ras, atol=1e-3)
+    assert progress
+    assert all(0.0 <= f <= 1.0 for f in progress)
+
+
+def test_flagged_points_are_shown_unselected_and_the_table_follows_corrections(
+    mrml_scene, oblique_case_file, trained_model_path
+):
+    volume_node = _load_volume_node(mrml_scene, oblique_case_file)
+    node = DetectionRun(mrml_scene, volume_node, trained_model_path).start().wait()
+    rows = detection_rows(node)
+    assert [r.label for r in rows] == ["sphere 1", "sphere 2", "sphere 3"]
+    assert all(r.moved_mm == pytest.approx(0.0, abs=1e-9) for r in rows)
+    for index, row in enumerate(rows):
+        assert bool(node.GetNthControlPointSelected(index)) == (not row.flagged)
+        assert not node.GetNthControlPointLocked(index)
+    # The user drags sphere 2 by 3 mm along R.
+    position = np.array(node.GetNthControlPointPositionWorld(1))
+    node.SetNthControlPointPositionWorld(1, *(position + np.array([3.0, 0.0, 0.0])))
+    assert [round(r.moved_mm, 6) for r in detection_rows(node)] == [0.0, 3.0, 0.0]
+
+
+def test_a_users_own_point_list_is_left_alone_unless_picked(mrml_scene, oblique_case_file, trained_model_path):
+    from cascade_landmarks import Landmarks
+
+    volume_node = _load_volume_node(mrml_scene, oblique_case_file)
+    mine = landmarks_to_node(Landmarks(["my point"], [[1.0, 2.0, 3.0]]), mrml_scene, name="my points")
+    DetectionRun(mrml_scene, volume_node, trained_model_path).start().wait()
+    assert mine.GetNumberOfControlPoints() == 1
+    assert mine.GetNthControlPointLabel(0) == "my point"
+    picked = DetectionRun(mrml_scene, volume_node, trained_model_path, output_node=mine).start().wait()
+    assert picked is mine
+    assert mine.GetNumberOfControlPoints() == 3
+    assert mine.GetAttribute(DETECTION_ATTRIBUTE)
+
+
+def test_bad_choices_get_a_sentence_a_clinician_can_act_on(mrml_scene, trained_model_path):
+    with pytest.raises(ValueError, match="Pick an input volume"):
+        DetectionRun(mrml_scene, None, trained_model_path)
+    labels = mrml_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "segmentation")
+    with pytest.raises(ValueError, match="not a greyscale volume"):
+        DetectionRun(mrml_scene, labels, trained_model_path)
+
+
+def test_a_failed_detection_says_why(mrml_scene, oblique_case_file, tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a model")
+    volume_node = _load_volume_node(mrml_scene, oblique_case_file)
+    with pytest.raises(ValueError, match=r"Detection failed: Cannot load model .*broken\.pt"):
+        DetectionRun(mrml_scene, volume_node, broken).start().wait()
+
+
+def test_cancel_stops_the_background_process(mrml_scene, oblique_case_file, trained_model_path):
+    volume_node = _load_volume_node(mrml_scene, oblique_case_file)
+    run = DetectionRun(mrml_scene, volume_node, trained_model_path).start()
+    run.cancel()
+    assert not run.running
+    assert run.status == "Cancelled"
+
+
+def test_saved_corrected_cases_are_accepted_by_train_and_logged(
+    mrml_scene, oblique_case_file, trained_model_path, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("CASCADE_LANDMARKS_HOME", str(tmp_path / "home"))
+    volume_node = _load_volume_node(mrml_scene, oblique_case_file)
+    node = DetectionRun(mrml_scene, volume_node, trained_model_path).start().wait()
+    shifted = np.array(node.GetNthControlPointPositionWorld(0)) + np.array([0.0, 2.0, 0.0])
+    node.SetNthControlPointPositionWorld(0, *shifted)
+    folder = tmp_path / "corrected"
+    volume_path, points_path = save_corrected_case(volume_node, node, folder, case_name="patient 7")
+    assert (volume_path.name, points_path.name) == ("patient_7.nrrd", "patient_7.mrk.json")
+    with pytest.raises(ValueError, match="already in"):
+        save_corrected_case(volume_node, node, folder, case_name="patient 7")
+    save_corrected_case(volume_node, node, folder, case_name="patient 8")
+    log = (folder / "corrections.csv").read_text().splitlines()
+    assert log[0] == "saved,case,model,landmark,moved_mm,confidence,flagged"
+    assert ",patient_7,model,sphere 1,2.00," in log[1]
+    assert len(log) == 1 + 2 * 3
+    # The folder is what `cascade-landmarks train` reads: the check passes, landmarks inside the volume.
+    from cascade_landmarks.phantoms.spheres import SPHERES_SET
+
+    assert [c.files.name for c in check_cases(find_cases(folder), SPHERES_SET)] == ["patient_7", "patient_8"]
+
+    run = FineTuneRun(folder, str(trained_model_path), stage1_iterations=2, stage2_iterations=2, device="cpu")
+    entry = run.start().finish()
+    assert entry.name == "model-fine-tuned"
+    assert entry.landmark_set == "spheres-3"
+    assert load_model(entry.file).training["fine_tuned_from"] == str(trained_model_path)
