@@ -95,6 +95,10 @@ def test_a_killed_training_resumes_where_it_stopped_and_ends_as_if_never_stopped
     assert stopped_at["stage"] == 1
     assert 0 < stopped_at["iteration"] < 60
 
+    forgot = subprocess.run(_train_command(data, killed, *schedule), capture_output=True, text=True)
+    assert forgot.returncode == 2
+    assert "add --resume to continue it" in forgot.stderr  # starting afresh would throw the progress away
+
     resumed = subprocess.run([*_train_command(data, killed, *schedule), "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert not checkpoint_path(killed).exists()

@@ -150,6 +150,11 @@ def train(
     output = Path(output)
     training = training or TrainingConfig()
     process = _join_process_group(training.device)
+    if not resume and checkpoint_path(output).exists():
+        raise ValueError(
+            f"An earlier run left the checkpoint {checkpoint_path(output)}: add --resume to continue it, or delete "
+            "it to train afresh."
+        )
     checkpoint = _read_checkpoint(output) if resume else None
     if checkpoint is not None:
         training = TrainingConfig(**json.loads(checkpoint["training"]))
