@@ -34,6 +34,17 @@ def test_deep_supervision_adds_the_side_outputs_weighted_point_3_6_9():
     assert heatmap_loss(main, sides[-1:], target).item() == pytest.approx(each[0] + 0.9 * each[3])
 
 
+def test_coarse_side_outputs_are_compared_with_the_target_averaged_down():
+    target = torch.zeros(1, 1, 4, 4, 4)
+    target[0, 0, :2, :2, :2] = 1.0  # one coarse voxel's worth of heat
+    main = target.clone()
+    side = torch.zeros(1, 1, 2, 2, 2)
+    side[0, 0, 0, 0, 0] = 1.0  # matches the averaged target exactly
+    assert heatmap_loss(main, [side], target).item() == pytest.approx(0.0)
+    side[0, 0, 1, 1, 1] = 0.5
+    assert heatmap_loss(main, [side], target).item() == pytest.approx(0.9 * math.exp(0.5) * 0.25 / 8)
+
+
 def test_euclidean_loss_is_the_mean_distance_in_mm():
     predicted = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]])
     target = torch.zeros(2, 3)

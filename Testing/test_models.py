@@ -15,7 +15,10 @@ def test_unet_gives_normalised_heatmaps_and_three_side_outputs_while_training():
     heatmaps, sides = network.train()(volume)
     assert heatmaps.shape == (2, 6, 16, 24, 8)
     torch.testing.assert_close(heatmaps.sum(dim=1), torch.ones(2, 16, 24, 8))
-    assert [s.shape for s in sides] == [heatmaps.shape] * 3
+    # Side outputs at the bottleneck (1/8), and at 1/4 and 1/2 of the input size: coarsest first.
+    assert [tuple(s.shape) for s in sides] == [(2, 6, 2, 3, 1), (2, 6, 4, 6, 2), (2, 6, 8, 12, 4)]
+    for side in sides:
+        torch.testing.assert_close(side.sum(dim=1), torch.ones(side.shape[:1] + side.shape[2:]))
     _, sides = network.eval()(volume)
     assert sides == []
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .augmentation import PRESETS as AUGMENTATION_PRESETS
 from .config import FINE_TUNING_LEARNING_RATE, TrainingConfig
 from .detector import detect, write_detections_csv
 from .evaluation import evaluate, write_tables
@@ -115,6 +116,12 @@ def _add_train_parser(commands) -> None:
     schedule.add_argument("--validate-every", type=int, default=defaults.validate_every)
     schedule.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     schedule.add_argument("--device", default=defaults.device, help="auto, cpu or cuda (default: %(default)s)")
+    schedule.add_argument(
+        "--augmentation",
+        choices=sorted(AUGMENTATION_PRESETS),
+        default="none",
+        help="random transforms and intensity changes: none (the paper, CTA) or one-shot (one annotated image)",
+    )
     model = train.add_argument_group("model (defaults fitted to the data; ignored with --init-from or --resume)")
     model.add_argument("--stage1-spacing", type=float, help="stage-1 voxel size in mm (default: 4 x stage 2)")
     model.add_argument("--stage1-grid", type=int, nargs=3, metavar=("I", "J", "K"), help="stage-1 grid in voxels")
@@ -147,6 +154,7 @@ def _run_train(args: argparse.Namespace) -> int:
         validate_every=args.validate_every,
         checkpoint_every=args.checkpoint_every,
         device=args.device,
+        augmentation=AUGMENTATION_PRESETS[args.augmentation],
     )
     settings = {
         "stage1_spacing_mm": args.stage1_spacing,

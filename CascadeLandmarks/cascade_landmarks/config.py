@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .augmentation import NO_AUGMENTATION, Augmentation
 from .landmark_sets import LandmarkSet, landmark_set_from_dict
 from .models import DisplacementCNNConfig, HeatmapUNetConfig
 from .preprocessing import IntensityWindow
@@ -139,6 +140,7 @@ class TrainingConfig:
         validate_every: steps between validations (0: only at the end of each stage).
         checkpoint_every: steps between checkpoints.
         device: "auto" (CUDA when available, else CPU), "cpu" or "cuda".
+        augmentation: random transforms and intensity changes of the training images (default: none).
     """
 
     stage1_iterations: int = 11250
@@ -150,6 +152,7 @@ class TrainingConfig:
     validate_every: int = 500
     checkpoint_every: int = 200
     device: str = "auto"
+    augmentation: Augmentation = NO_AUGMENTATION
 
     def __post_init__(self) -> None:
         if self.stage1_iterations < 0 or self.stage2_iterations < 0 or self.batch_size < 1:
@@ -161,3 +164,7 @@ class TrainingConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainingConfig:
+        return cls(**{**data, "augmentation": Augmentation(**data.get("augmentation", {}))})

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .augmentation import NO_AUGMENTATION, Augmentation, AugmentingSampler, RandomTransform, change_intensity
 from .config import CascadeConfig
 from .coordinates import Geometry
 from .heatmaps import gaussian_targets
@@ -63,6 +64,9 @@ class TrainingCase:
         margin: how many stage-2 voxels a patch centre may lie from the landmark along each axis.
         landmarks_lps: reference positions, LPS mm, shape (N, 3).
         sampler: kept for validation cases, to cut stage-2 patches anywhere.
+        augmenter: kept when training augments, to sample the volume through random transforms.
+        twins: for each landmark, the index of its left/right twin (itself without one).
+        centre_lps, extent_mm: the volume's centre and edge lengths, around which transforms are drawn.
     """
 
     name: str
@@ -73,6 +77,20 @@ class TrainingCase:
     margin: int
     landmarks_lps: np.ndarray
     sampler: Sampler | None = None
+    augmenter: AugmentingSampler | None = None
+    twins: list[int] | None = None
+    centre_lps: np.ndarray | None = None
+    extent_mm: np.ndarray | None = None
+
+    def random_transform(self, augmentation: Augmentation, rng: Generator) -> RandomTransform | None:
+        return RandomTransform(augmentation, rng, self.centre_lps, self.extent_mm) if augmentation.spatial else None
+
+    def landmarks_seen_through(self, transform: RandomTransform | None) -> np.ndarray:
+        """Landmark positions (LPS mm, (N, 3)) in the augmented image, in label order (twins swapped by a mirror)."""
+        if transform is None:
+            return self.landmarks_lps
+        moved = transform.to_output(self.landmarks_lps)
+        return moved[self.twins] if transform.mirrored else moved
 
 
 def find_cases(source: str | os.PathLike) -> list[CaseFiles]:
@@ -135,7 +153,13 @@ def check_cases(cases: list[CaseFiles], landmark_set: LandmarkSet) -> list[Check
     return checked
 
 
-def prepare_case(case: CheckedCase, config: CascadeConfig, *, keep_sampler: bool = False) -> TrainingCase:
+def prepare_case(
+    case: CheckedCase,
+    config: CascadeConfig,
+    *,
+    keep_sampler: bool = False,
+    augmentation: Augmentation = NO_AUGMENTATION,
+) -> TrainingCase:
     """Read a checked case's voxels and cut what training needs from them."""
     volume = read_volume(case.files.volume)
     sampler = Sampler(volume, config.intensity)
@@ -154,6 +178,10 @@ def prepare_case(case: CheckedCase, config: CascadeConfig, *, keep_sampler: bool
         margin=margin,
         landmarks_lps=case.landmarks.positions_lps,
         sampler=sampler if keep_sampler else None,
+        augmenter=AugmentingSampler(volume, sampler.bounds) if augmentation.enabled else None,
+        twins=config.landmark_set.twin_permutation(),
+        centre_lps=volume.geometry.index_to_lps((np.asarray(volume.geometry.size) - 1) / 2.0),
+        extent_mm=volume.geometry.extent_mm,
     )
 
 
@@ -171,17 +199,28 @@ Generator = np.random.Generator
 
 
 def stage1_batch(
-    cases: list[TrainingCase], batch_size: int, rng: Generator, config: CascadeConfig
+    cases: list[TrainingCase],
+    batch_size: int,
+    rng: Generator,
+    config: CascadeConfig,
+    augmentation: Augmentation = NO_AUGMENTATION,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs (B, 1, D, H, W) and heatmap targets (B, N + 1, D, H, W) for stage 1.
 
-    In patch mode, each sample is a random cube of ``stage1_patch_size`` voxels; two in three are placed to
-    contain a landmark, so the rare landmark voxels are seen often enough.
+    With augmentation, each sample is the stage-1 grid seen through a random transform, with the landmarks
+    carried along. In patch mode, each sample is a random cube of ``stage1_patch_size`` voxels; two in three are
+    placed to contain a landmark, so the rare landmark voxels are seen often enough.
     """
     inputs, positions = [], []
     for _ in range(batch_size):
         case = cases[int(rng.integers(len(cases)))]
-        array, ijk = case.stage1_input, case.stage1_ijk
+        if augmentation.enabled:
+            transform = case.random_transform(augmentation, rng)
+            array = case.augmenter.sample(case.stage1_grid, transform)
+            array = change_intensity(array, augmentation, rng, config.stage1_spacing_mm)
+            ijk = case.stage1_grid.lps_to_index(case.landmarks_seen_through(transform))
+        else:
+            array, ijk = case.stage1_input, case.stage1_ijk
         if config.stage1_mode == "patch":
             patch = config.stage1_patch_size
             upper = np.maximum(np.asarray(array.shape[::-1]) - patch, 0)  # (i, j, k)
@@ -204,7 +243,11 @@ def stage1_batch(
 
 
 def stage2_batch(
-    cases: list[TrainingCase], batch_size: int, rng: Generator, config: CascadeConfig
+    cases: list[TrainingCase],
+    batch_size: int,
+    rng: Generator,
+    config: CascadeConfig,
+    augmentation: Augmentation = NO_AUGMENTATION,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Patches (B, N, P, P, P) centred on random points ``q`` near each landmark, and targets ``landmark - q``
     (B, N, 3) in LPS mm."""
@@ -213,16 +256,34 @@ def stage2_batch(
     patches, targets = [], []
     for _ in range(batch_size):
         case = cases[int(rng.integers(len(cases)))]
-        margin = case.margin
-        sample_patches, sample_targets = [], []
-        for region in case.regions:
-            offset = _offset_in_ball(rng, margin, config.stage2_radius_mm / spacing)  # (i, j, k) voxels
-            i, j, k = offset + margin
-            sample_patches.append(region[k : k + patch, j : j + patch, i : i + patch])
-            sample_targets.append(-offset * spacing)  # the landmark seen from q, along L, P, S
+        if augmentation.enabled:
+            sample_patches, sample_targets = _augmented_patches(case, augmentation, rng, config)
+        else:
+            margin = case.margin
+            sample_patches, sample_targets = [], []
+            for region in case.regions:
+                offset = _offset_in_ball(rng, margin, config.stage2_radius_mm / spacing)  # (i, j, k) voxels
+                i, j, k = offset + margin
+                sample_patches.append(region[k : k + patch, j : j + patch, i : i + patch])
+                sample_targets.append(-offset * spacing)  # the landmark seen from q, along L, P, S
         patches.append(np.stack(sample_patches))
         targets.append(np.stack(sample_targets))
     return torch.from_numpy(np.stack(patches)), torch.from_numpy(np.stack(targets).astype(np.float32))
+
+
+def _augmented_patches(case: TrainingCase, augmentation: Augmentation, rng: Generator, config: CascadeConfig):
+    """Stage-2 patches around each landmark of one random transform of the case, and their targets (mm)."""
+    transform = case.random_transform(augmentation, rng)
+    landmarks = case.landmarks_seen_through(transform)
+    patches, targets = [], []
+    for position in landmarks:
+        direction = rng.normal(size=3)
+        offset = direction / np.linalg.norm(direction) * config.stage2_radius_mm * rng.random() ** (1 / 3)
+        geometry = patch_geometry(position + offset, config.stage2_spacing_mm, config.displacement.patch_size)
+        patch = case.augmenter.sample(geometry, transform)
+        patches.append(change_intensity(patch, augmentation, rng, config.stage2_spacing_mm))
+        targets.append(-offset)
+    return patches, targets
 
 
 def _offset_in_ball(rng: Generator, margin: int, radius_voxels: float) -> np.ndarray:

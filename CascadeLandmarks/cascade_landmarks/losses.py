@@ -2,7 +2,8 @@
 
 - Stage 1: mean squared error weighted per voxel by the exponential of the predicted value, which puts weight
   where the network predicts heat (the few landmark voxels among millions of background ones), plus deep
-  supervision: side outputs weighted 0.3, 0.6 and 0.9 from the coarsest to the finest.
+  supervision: side outputs weighted 0.3, 0.6 and 0.9 from the coarsest to the finest, each compared with the
+  target averaged down to its own size.
 - Stage 2: Euclidean distance between the predicted and the true displacement, in millimetres.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.nn import functional
 
 DEEP_SUPERVISION_WEIGHTS = (0.3, 0.6, 0.9)
 
@@ -33,7 +35,8 @@ def heatmap_loss(outputs: torch.Tensor, side_outputs: Sequence[torch.Tensor], ta
     weights = DEEP_SUPERVISION_WEIGHTS[len(DEEP_SUPERVISION_WEIGHTS) - len(side_outputs) :]
     loss = exponential_weighted_mse(outputs, target)
     for weight, side in zip(weights, side_outputs, strict=True):
-        loss = loss + weight * exponential_weighted_mse(side, target)
+        side_target = target if side.shape == target.shape else functional.adaptive_avg_pool3d(target, side.shape[2:])
+        loss = loss + weight * exponential_weighted_mse(side, side_target)
     return loss
 
 

@@ -157,7 +157,7 @@ def train(
         )
     checkpoint = _read_checkpoint(output) if resume else None
     if checkpoint is not None:
-        training = TrainingConfig(**json.loads(checkpoint["training"]))
+        training = TrainingConfig.from_dict(json.loads(checkpoint["training"]))
         config = CascadeConfig.from_dict(json.loads(checkpoint["model"]["config"]))
     base_model = load_model(init_from) if init_from is not None and checkpoint is None else None
     if base_model is not None:
@@ -187,7 +187,9 @@ def train(
 
     started = time.perf_counter()
     prepared = {
-        c.files.name: prepare_case(c, config, keep_sampler=c.files.name in validation_names)
+        c.files.name: prepare_case(
+            c, config, keep_sampler=c.files.name in validation_names, augmentation=training.augmentation
+        )
         for c in _progress_over(checked, "reading cases", process.is_main and progress)
     }
     training_cases = [prepared[n] for n in training_names]
@@ -207,7 +209,7 @@ def train(
         1,
         model.stage1,
         training.stage1_iterations,
-        lambda rng: stage1_batch(training_cases, training.batch_size, rng, config),
+        lambda rng: stage1_batch(training_cases, training.batch_size, rng, config, training.augmentation),
         lambda network, inputs, targets: heatmap_loss(*network(inputs), targets),
         lambda: _validation_error(model, validation_cases, process.device, cascade=False),
     )
@@ -215,7 +217,7 @@ def train(
         2,
         model.stage2,
         training.stage2_iterations,
-        lambda rng: stage2_batch(training_cases, training.batch_size, rng, config),
+        lambda rng: stage2_batch(training_cases, training.batch_size, rng, config, training.augmentation),
         lambda network, inputs, targets: euclidean_loss(network(inputs), targets),
         lambda: _validation_error(model, validation_cases, process.device, cascade=True),
     )

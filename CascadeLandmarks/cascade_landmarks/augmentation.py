@@ -1,0 +1,223 @@
+"""Training-time augmentation: random spatial transforms that move the landmarks exactly with the image, and
+random intensity changes.
+
+A draw is one :class:`RandomTransform`: a smooth elastic displacement followed by an affine map (rotation,
+scaling, shear, translation, and optionally a left/right mirror) about the volume's centre, all in LPS mm. It maps
+each point of the augmented image to the point of the original it shows, ``x_in = A(x_out + d(x_out))``; an image
+is sampled through it, and each landmark is carried the other way, ``x_out = T^-1(p_in)`` (exact for the affine
+part, a converging fixed-point iteration for the elastic one). A mirror also swaps the labels of paired
+landmarks (left and right twins), so the augmented left landmark is the mirrored right one.
+
+Intensity changes act on the windowed image (values about [0, 1]): gamma, a smooth multiplicative bias field,
+Gaussian blur and Gaussian noise.
+
+The default, :data:`NO_AUGMENTATION`, changes nothing (the paper uses none for CTA); the ``one-shot`` preset is
+for training from a single annotated image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from .coordinates import Geometry
+from .volumes import Volume
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How strongly to augment; zero turns a part off.
+
+    Attributes:
+        rotation_degrees: largest rotation about each axis.
+        scaling: largest relative change of size (0.1: between 0.9 and 1.1, per axis).
+        shear: largest off-diagonal term of the affine matrix.
+        translation_mm: largest shift along each axis.
+        elastic_mm: standard deviation of the elastic displacement at its control points.
+        elastic_grid: control points per axis of the elastic displacement (smoothness).
+        mirror_probability: chance of a left/right mirror (with paired labels swapped).
+        gamma: largest |log gamma| of the intensity gamma change.
+        bias_field: largest relative amplitude of the smooth multiplicative bias field.
+        blur_mm: largest Gaussian blur sigma.
+        noise: largest standard deviation of added Gaussian noise (in windowed units).
+    """
+
+    rotation_degrees: float = 0.0
+    scaling: float = 0.0
+    shear: float = 0.0
+    translation_mm: float = 0.0
+    elastic_mm: float = 0.0
+    elastic_grid: int = 5
+    mirror_probability: float = 0.0
+    gamma: float = 0.0
+    bias_field: float = 0.0
+    blur_mm: float = 0.0
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        values = asdict(self)
+        negative = [name for name, value in values.items() if value < 0]
+        if negative:
+            raise ValueError(f"Augmentation settings must not be negative: {', '.join(negative)}.")
+        if not 0 <= self.mirror_probability <= 1 or self.scaling >= 1 or self.elastic_grid < 2:
+            raise ValueError("mirror_probability must lie in [0, 1], scaling below 1 and elastic_grid at least 2.")
+
+    @property
+    def spatial(self) -> bool:
+        return any((self.rotation_degrees, self.scaling, self.shear, self.translation_mm, self.elastic_mm,
+                    self.mirror_probability))  # fmt: skip
+
+    @property
+    def enabled(self) -> bool:
+        return self.spatial or any((self.gamma, self.bias_field, self.blur_mm, self.noise))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+NO_AUGMENTATION = Augmentation()
+PRESETS = {
+    "none": NO_AUGMENTATION,
+    # One annotated image (the AFIDs template): strong but anatomically plausible variation.
+    "one-shot": Augmentation(
+        rotation_degrees=12.0,
+        scaling=0.12,
+        shear=0.05,
+        translation_mm=8.0,
+        elastic_mm=2.5,
+        elastic_grid=5,
+        mirror_probability=0.5,
+        gamma=0.35,
+        bias_field=0.25,
+        blur_mm=1.0,
+        noise=0.03,
+    ),
+}
+
+
+def _rotation(angles_degrees: np.ndarray) -> np.ndarray:
+    x, y, z = np.radians(angles_degrees)
+    rx = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    rz = np.array([[np.cos(z), -np.sin(z), 0], [np.sin(z), np.cos(z), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+class RandomTransform:
+    """One random spatial transform around ``centre_lps`` over a box of ``extent_mm`` (see the module docstring)."""
+
+    def __init__(self, augmentation: Augmentation, rng: np.random.Generator, centre_lps, extent_mm):
+        self.centre = np.asarray(centre_lps, dtype=float)
+        self.extent = np.asarray(extent_mm, dtype=float)
+        a = augmentation
+        matrix = _rotation(rng.uniform(-a.rotation_degrees, a.rotation_degrees, 3))
+        matrix = matrix @ np.diag(1.0 + rng.uniform(-a.scaling, a.scaling, 3))
+        shear = np.eye(3)
+        shear[np.triu_indices(3, 1)] = rng.uniform(-a.shear, a.shear, 3)
+        matrix = matrix @ shear
+        self.mirrored = bool(rng.random() < a.mirror_probability)
+        if self.mirrored:
+            matrix = matrix @ np.diag([-1.0, 1.0, 1.0])  # L <-> R in LPS
+        self.matrix = matrix
+        self.translation = rng.uniform(-a.translation_mm, a.translation_mm, 3)
+        # Elastic displacement (mm) at a coarse grid of control points spanning the box, zero at its border.
+        grid = a.elastic_grid
+        controls = rng.normal(0.0, a.elastic_mm, size=(3, grid, grid, grid)) if a.elastic_mm else None
+        if controls is not None:
+            controls[:, [0, -1], :, :] = 0.0
+            controls[:, :, [0, -1], :] = 0.0
+            controls[:, :, :, [0, -1]] = 0.0
+            self._controls = torch.from_numpy(controls.astype(np.float32))[None]
+        else:
+            self._controls = None
+
+    def displacement(self, points_lps: np.ndarray) -> np.ndarray:
+        """The elastic displacement (mm) at points (N, 3), smooth (trilinear between control points)."""
+        points = np.asarray(points_lps, dtype=float).reshape(-1, 3)
+        if self._controls is None:
+            return np.zeros_like(points)
+        normalised = (points - self.centre) / (self.extent / 2.0)  # [-1, 1] over the box, (L, P, S)
+        grid = torch.from_numpy(normalised.astype(np.float32)).reshape(1, -1, 1, 1, 3)
+        # grid_sample wants (x, y, z) = last, middle, first array axis; the controls are [c, L, P, S] -> permute.
+        controls = self._controls.permute(0, 1, 4, 3, 2)  # [1, 3, S, P, L]
+        values = functional.grid_sample(controls, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return values.reshape(3, -1).T.double().numpy()
+
+    def to_input(self, points_out: np.ndarray) -> np.ndarray:
+        """Where each point of the augmented image comes from in the original (LPS mm, (..., 3))."""
+        points = np.asarray(points_out, dtype=float)
+        shape = points.shape
+        flat = points.reshape(-1, 3)
+        moved = flat + self.displacement(flat)
+        return ((moved - self.centre) @ self.matrix.T + self.centre + self.translation).reshape(shape)
+
+    def to_output(self, points_in: np.ndarray, *, iterations: int = 30) -> np.ndarray:
+        """Where original points (LPS mm, (N, 3)) appear in the augmented image: the inverse of :meth:`to_input`."""
+        target = (np.asarray(points_in, dtype=float) - self.centre - self.translation) @ np.linalg.inv(self.matrix).T
+        target = target + self.centre
+        points = target.copy()
+        for _ in range(iterations):  # solve x + d(x) = target
+            points = target - self.displacement(points)
+        return points
+
+
+class AugmentingSampler:
+    """Samples a windowed volume through random transforms, with torch's trilinear interpolation."""
+
+    def __init__(self, volume: Volume, bounds: tuple[float, float]):
+        low, high = bounds
+        array = (np.clip(volume.array.astype(np.float32), low, high) - low) / (high - low)
+        self.tensor = torch.from_numpy(array)[None, None]  # [1, 1, k, j, i]
+        self.geometry = volume.geometry
+
+    def sample(self, geometry: Geometry, transform: RandomTransform | None) -> np.ndarray:
+        """Windowed intensities on ``geometry`` (float32, shape ``geometry.shape``), seen through ``transform``."""
+        k, j, i = np.indices(geometry.shape)
+        points = geometry.index_to_lps(np.stack([i, j, k], axis=-1).reshape(-1, 3))
+        if transform is not None:
+            points = transform.to_input(points)
+        ijk = self.geometry.lps_to_index(points)
+        normalised = 2.0 * ijk / (np.asarray(self.geometry.size) - 1) - 1.0  # (i, j, k) = grid_sample's (x, y, z)
+        grid = torch.from_numpy(normalised.astype(np.float32)).reshape(1, -1, 1, 1, 3)
+        values = functional.grid_sample(self.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return values.reshape(geometry.shape).numpy()
+
+
+def change_intensity(array: np.ndarray, augmentation: Augmentation, rng: np.random.Generator, spacing_mm: float):
+    """Random gamma, bias field, blur and noise on a windowed array (values about [0, 1]), float32."""
+    a = augmentation
+    out = np.clip(array, 0.0, None)
+    if a.gamma:
+        out = out ** np.exp(rng.uniform(-a.gamma, a.gamma))
+    if a.bias_field:
+        axes = [np.linspace(-1, 1, n) for n in out.shape]
+        k, j, i = np.meshgrid(*axes, indexing="ij")
+        coefficients = rng.uniform(-a.bias_field, a.bias_field, 6)
+        field = coefficients[0] * i + coefficients[1] * j + coefficients[2] * k
+        field += coefficients[3] * i * j + coefficients[4] * j * k + coefficients[5] * (i**2 - 1 / 3)
+        out = out * np.exp(field)
+    if a.blur_mm:
+        out = _gaussian_blur(out, rng.uniform(0.0, a.blur_mm) / spacing_mm)
+    if a.noise:
+        out = out + rng.normal(0.0, rng.uniform(0.0, a.noise), out.shape)
+    return out.astype(np.float32)
+
+
+def _gaussian_blur(array: np.ndarray, sigma_voxels: float) -> np.ndarray:
+    if sigma_voxels < 0.3:
+        return array
+    radius = int(np.ceil(3 * sigma_voxels))
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_voxels) ** 2)
+    kernel /= kernel.sum()
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    weights = torch.from_numpy(kernel.astype(np.float32))
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = len(kernel)
+        padding = [0, 0, 0]
+        padding[axis] = radius
+        tensor = functional.conv3d(tensor, weights.reshape(shape), padding=tuple(padding))
+    return tensor[0, 0].numpy()

@@ -1,0 +1,142 @@
+"""Augmentation: every transform moves the landmarks exactly with the image, a mirror swaps paired labels, and
+the defaults leave CTA training as it was."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cascade_landmarks import Geometry, Volume
+from cascade_landmarks.augmentation import (
+    NO_AUGMENTATION,
+    PRESETS,
+    Augmentation,
+    AugmentingSampler,
+    RandomTransform,
+    change_intensity,
+)
+from cascade_landmarks.config import CascadeConfig, TrainingConfig
+from cascade_landmarks.data import TrainingCase, stage1_batch, stage2_batch
+from cascade_landmarks.landmark_sets import LandmarkDefinition, LandmarkSet
+from cascade_landmarks.preprocessing import patch_geometry
+
+PAIRED = LandmarkSet(
+    name="pair-3",
+    title="a left/right pair and a midline point",
+    description="",
+    landmarks=(
+        LandmarkDefinition("R", "right", "right dot", twin="L"),
+        LandmarkDefinition("L", "left", "left dot", twin="R"),
+        LandmarkDefinition("M", "middle", "midline dot"),
+    ),
+)
+# LPS: the patient's right is -L. Dots of different brightness, so each can be told apart.
+DOTS_LPS = np.array([[-20.0, 5.0, 3.0], [18.0, 4.0, 2.0], [1.0, -15.0, 12.0]])
+DOT_VALUES = np.array([1.0, 0.6, 0.3])
+
+
+def _dots_volume() -> Volume:
+    geometry = Geometry(size=(64, 60, 56), spacing=(1.0, 1.1, 1.2), origin=(-32.0, -33.0, -30.0), direction=np.eye(3))
+    k, j, i = np.indices(geometry.shape)
+    points = geometry.index_to_lps(np.stack([i, j, k], axis=-1).reshape(-1, 3)).reshape(*geometry.shape, 3)
+    array = np.zeros(geometry.shape)
+    for dot, value in zip(DOTS_LPS, DOT_VALUES, strict=True):
+        array += value * np.exp(-np.sum((points - dot) ** 2, axis=-1) / (2 * 1.5**2))
+    return Volume(array=array.astype(np.float32), geometry=geometry)
+
+
+def _centroid_near(sampler: AugmentingSampler, transform, point_lps: np.ndarray) -> tuple[np.ndarray, float]:
+    """Intensity-weighted centre of the augmented image in a 9 mm cube around ``point_lps``, and its peak."""
+    cube = patch_geometry(point_lps, 0.5, 18)
+    values = sampler.sample(cube, transform)
+    k, j, i = np.indices(cube.shape)
+    points = cube.index_to_lps(np.stack([i, j, k], axis=-1).reshape(-1, 3))
+    weights = np.clip(values.ravel() - 0.5 * values.max(), 0, None)
+    return (points * weights[:, None]).sum(0) / weights.sum(), float(values.max())
+
+
+SPATIAL = {
+    "rotation": Augmentation(rotation_degrees=25.0),
+    "scaling": Augmentation(scaling=0.2),
+    "shear": Augmentation(shear=0.15),
+    "translation": Augmentation(translation_mm=10.0),
+    "elastic": Augmentation(elastic_mm=3.0),
+    "mirror": Augmentation(mirror_probability=1.0),
+    "one-shot preset": PRESETS["one-shot"],
+}
+
+
+@pytest.mark.parametrize("name", SPATIAL)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_each_landmark_stays_on_its_dot_under_every_transform(name, seed):
+    volume = _dots_volume()
+    sampler = AugmentingSampler(volume, (0.0, 1.0))
+    rng = np.random.default_rng(seed)
+    transform = RandomTransform(SPATIAL[name], rng, centre_lps=(0.0, 0.0, 0.0), extent_mm=volume.geometry.extent_mm)
+    moved = transform.to_output(DOTS_LPS)
+    np.testing.assert_allclose(transform.to_input(moved), DOTS_LPS, atol=1e-6)  # the inverse is exact
+    for index, position in enumerate(moved):
+        centroid, peak = _centroid_near(sampler, transform, position)
+        assert np.linalg.norm(centroid - position) < 0.25, (name, index, centroid, position)
+        assert peak == pytest.approx(DOT_VALUES[index], rel=0.25)  # and it is this landmark's own dot
+
+
+def test_a_mirror_swaps_the_labels_of_paired_landmarks():
+    volume = _dots_volume()
+    sampler = AugmentingSampler(volume, (0.0, 1.0))
+    case = TrainingCase(
+        name="dots", stage1_input=None, stage1_grid=None, stage1_ijk=None, regions=None, margin=0,
+        landmarks_lps=DOTS_LPS, twins=PAIRED.twin_permutation(), centre_lps=np.zeros(3),
+        extent_mm=volume.geometry.extent_mm,
+    )  # fmt: skip
+    transform = case.random_transform(Augmentation(mirror_probability=1.0), np.random.default_rng(0))
+    assert transform.mirrored
+    labelled = case.landmarks_seen_through(transform)
+    # "R" is still on the patient's right (negative L), and it is the dot that was the left one.
+    assert labelled[0, 0] < 0
+    assert labelled[1, 0] > 0
+    assert _centroid_near(sampler, transform, labelled[0])[1] == pytest.approx(DOT_VALUES[1], rel=0.25)
+    assert _centroid_near(sampler, transform, labelled[1])[1] == pytest.approx(DOT_VALUES[0], rel=0.25)
+    assert _centroid_near(sampler, transform, labelled[2])[1] == pytest.approx(DOT_VALUES[2], rel=0.25)
+
+
+def test_intensity_changes_keep_the_image_finite_and_vary_it():
+    array = np.random.default_rng(0).random((12, 12, 12)).astype(np.float32)
+    changed = change_intensity(array, PRESETS["one-shot"], np.random.default_rng(1), spacing_mm=1.0)
+    assert changed.shape == array.shape
+    assert np.all(np.isfinite(changed))
+    assert not np.allclose(changed, array)
+
+
+def test_the_defaults_leave_cta_training_as_it_was(synthetic_data):
+    from cascade_landmarks.data import check_cases, find_cases, prepare_case
+    from cascade_landmarks.phantoms.spheres import SPHERES_SET
+
+    assert TrainingConfig().augmentation == NO_AUGMENTATION
+    assert not PRESETS["none"].enabled
+    config = CascadeConfig.default(SPHERES_SET, stage1_spacing_mm=3.0, stage1_grid=(20, 20, 20),
+                                   stage2_spacing_mm=1.5, patch_size=16, unet_depth=2)  # fmt: skip
+    case = prepare_case(check_cases(find_cases(synthetic_data / "train"), SPHERES_SET)[0], config)
+    assert case.augmenter is None
+    volume, _ = stage1_batch([case], 1, np.random.default_rng(0), config)
+    np.testing.assert_array_equal(volume[0, 0].numpy(), case.stage1_input)  # the image itself, untouched
+    patches, targets = stage2_batch([case], 1, np.random.default_rng(0), config)
+    assert patches.shape == (1, 3, 16, 16, 16)
+    assert np.all(np.abs(targets.numpy()) % 1.5 < 1e-6)  # offsets on the stage-2 voxel grid, as before
+
+
+def test_augmented_batches_put_the_targets_where_the_landmarks_went(synthetic_data):
+    from cascade_landmarks.data import check_cases, find_cases, prepare_case
+    from cascade_landmarks.heatmaps import decode_peaks
+    from cascade_landmarks.phantoms.spheres import SPHERES_SET
+
+    config = CascadeConfig.default(SPHERES_SET, stage1_spacing_mm=3.0, stage1_grid=(20, 20, 20),
+                                   stage2_spacing_mm=1.5, patch_size=16, unet_depth=2)  # fmt: skip
+    augmentation = Augmentation(rotation_degrees=20.0, translation_mm=5.0)
+    case = prepare_case(check_cases(find_cases(synthetic_data / "train"), SPHERES_SET)[0], config,
+                        augmentation=augmentation)  # fmt: skip
+    volume, targets = stage1_batch([case], 1, np.random.default_rng(4), config, augmentation)
+    peaks, _ = decode_peaks(targets[0, 1:].numpy())
+    # The brightest sphere (landmark 3) is where its target heat peaks: bright input under the peak.
+    i, j, k = np.rint(peaks[2]).astype(int)
+    assert volume[0, 0, k, j, i] > 0.75
