@@ -99,3 +99,29 @@ def test_every_rater_file_loads_as_the_32_afids(shared_data):
         placed = afids.match(read_landmarks(path), source=path.name)
         # A rater disagrees with the consensus by millimetres, not by a frame flip (which moves points by cm).
         assert np.median(np.linalg.norm(placed.positions_lps - consensus.positions_lps, axis=1)) < 5.0, path.name
+
+
+def test_the_afids_bars_match_the_figures_measured_for_this_pair(shared_data):
+    from cascade_landmarks.benchmarks import afids_reference_errors
+
+    _, raters_mm, no_model_mm = afids_reference_errors(shared_data)
+    # Stated in the AFIDs issue, measured independently on exactly these files.
+    assert raters_mm.shape == (32, 32)  # 8 raters x 4 sessions, 32 fiducials: 1,024 placements
+    assert raters_mm.mean() == pytest.approx(1.71, abs=0.005)
+    assert np.median(raters_mm) == pytest.approx(0.91, abs=0.005)
+    assert no_model_mm.mean() == pytest.approx(4.05, abs=0.005)
+    assert np.median(no_model_mm) == pytest.approx(3.07, abs=0.005)
+
+
+def test_an_evaluation_with_raters_reports_them_beside_the_model():
+    from cascade_landmarks.evaluation import Evaluation
+
+    evaluation = Evaluation(
+        labels=["1", "2"], case_names=["colin27"], errors_mm={"stage1": np.array([[3.0, 5.0]]),
+        "cascade": np.array([[1.0, 2.5]])}, confidence=np.ones((1, 2)), flagged=np.zeros((1, 2), bool),
+        detections=[], references=[], raters_mm=np.array([[0.5, 1.0], [1.5, 3.0]]),
+    )  # fmt: skip
+    rows = {row["landmark"]: row for row in evaluation.rows()}
+    assert rows["1"]["raters_mean"] == pytest.approx(1.0)
+    assert rows["all"]["raters_within_2mm"] == pytest.approx(0.75)
+    assert "## Human raters" in evaluation.markdown()

@@ -71,6 +71,15 @@ def _build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--repeats", type=int, default=3, help="detections to time (default: %(default)s)")
     speed.set_defaults(run=_run_benchmark_speed)
 
+    afids = commands.add_parser(
+        "benchmark-afids", help="score an afids-32 model on Colin27 beside the human raters (shared/data)"
+    )
+    afids.add_argument("model", help="an afids-32 model trained on the MNI template only")
+    afids.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
+    afids.add_argument("-o", "--output", default="afids-report", help="report folder (default: %(default)s)")
+    afids.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    afids.set_defaults(run=_run_benchmark_afids)
+
     info = commands.add_parser("info", help="show a volume's geometry and where landmarks fall in it")
     info.add_argument("volume", help="volume file (.nrrd, .nii.gz, .mha, ...) or DICOM folder")
     info.add_argument("landmarks", nargs="?", help="landmark file (.mrk.json or .fcsv)")
@@ -266,6 +275,13 @@ def _run_benchmark_speed(args: argparse.Namespace) -> int:
     from .benchmarks import detection_speed
 
     print(detection_speed(size=args.size, model_path=args.model, device=args.device, repeats=args.repeats))
+    return 0
+
+
+def _run_benchmark_afids(args: argparse.Namespace) -> int:
+    from .benchmarks import afids_benchmark
+
+    print(afids_benchmark(args.data, args.model, args.output, device=args.device))
     return 0
 
 

@@ -25,7 +25,7 @@ from .volumes import read_volume
 
 SUCCESS_RADII_MM = (2.0, 2.5, 3.0, 4.0)
 STAGES = ("stage1", "cascade")
-STAGE_TITLES = {"stage1": "stage 1 alone", "cascade": "cascade"}
+STAGE_TITLES = {"stage1": "stage 1 alone", "cascade": "cascade", "raters": "human raters"}
 
 
 @dataclass
@@ -38,6 +38,8 @@ class Evaluation:
         errors_mm: per stage ("stage1", "cascade"), shape (cases, landmarks).
         confidence, flagged: the cascade's confidence and flag per case and landmark.
         detections, references: per case, what was found and what is true.
+        raters_mm: optional human bar: each rater placement's distance to the reference, shape
+            (placements, landmarks); reported beside the model as "raters".
     """
 
     labels: list[str]
@@ -47,16 +49,25 @@ class Evaluation:
     flagged: np.ndarray
     detections: list[Detection]
     references: list[Landmarks]
+    raters_mm: np.ndarray | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The error columns: stage 1, cascade, and the raters when given."""
+        return STAGES if self.raters_mm is None else (*STAGES, "raters")
+
+    def _errors(self, column: str) -> np.ndarray:
+        return self.raters_mm if column == "raters" else self.errors_mm[column]
 
     def rows(self) -> list[dict]:
         """One row per landmark and a last row "all": per stage mean, std, median, max and success rates."""
         rows = []
         for index, label in [*enumerate(self.labels), (None, "all")]:
             row: dict = {"landmark": label}
-            for stage in STAGES:
-                errors = self.errors_mm[stage]
+            for column in self.columns:
+                errors = self._errors(column)
                 values = errors.ravel() if index is None else errors[:, index]
-                row.update(_statistics(values, prefix=f"{stage}_"))
+                row.update(_statistics(values, prefix=f"{column}_"))
             rows.append(row)
         return rows
 
@@ -84,7 +95,7 @@ class Evaluation:
             "landmarks within each radius.",
             "",
         ]
-        for stage in STAGES:
+        for stage in self.columns:
             lines += [
                 f"## {STAGE_TITLES[stage].capitalize()}",
                 "",

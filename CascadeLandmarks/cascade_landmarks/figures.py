@@ -26,6 +26,7 @@ from .volumes import Volume
 REFERENCE_COLOUR = (60, 220, 60)
 STAGE1_COLOUR = (240, 210, 40)
 CASCADE_COLOUR = (240, 50, 50)
+RATERS_COLOUR = (90, 120, 220)
 QC_PIXELS = 96
 QC_FIELD_MM = 60.0
 
@@ -126,7 +127,8 @@ def _put(tile: np.ndarray, row: int, column: int, colour) -> None:
 
 
 def write_error_plot(evaluation, path: str | os.PathLike, *, title: str = "Mean error per landmark (mm)") -> Path:
-    """A bar chart of the mean error per landmark, stage 1 beside the cascade, as PNG (needs VTK)."""
+    """A bar chart of the mean error per landmark, stage 1 beside the cascade (and the human raters when the
+    evaluation has them), as PNG (needs VTK)."""
     try:
         import vtk
     except ImportError as error:
@@ -135,18 +137,21 @@ def write_error_plot(evaluation, path: str | os.PathLike, *, title: str = "Mean 
     vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_ERROR)
     rows = evaluation.rows()
     table = vtk.vtkTable()
-    columns = {"landmark": vtk.vtkFloatArray(), "stage 1": vtk.vtkFloatArray(), "cascade": vtk.vtkFloatArray()}
-    for name, array in columns.items():
+    bars = [("stage1", "stage 1", STAGE1_COLOUR), ("cascade", "cascade", CASCADE_COLOUR)]
+    if "raters" in evaluation.columns:
+        bars.append(("raters", "human raters", RATERS_COLOUR))
+    for name in ["landmark", *(title for _, title, _ in bars)]:
+        array = vtk.vtkFloatArray()
         array.SetName(name)
         table.AddColumn(array)
     table.SetNumberOfRows(len(rows))
     for number, row in enumerate(rows):
         table.SetValue(number, 0, number + 1)
-        table.SetValue(number, 1, row["stage1_mean"])
-        table.SetValue(number, 2, row["cascade_mean"])
+        for column, (key, _, _) in enumerate(bars, start=1):
+            table.SetValue(number, column, row[f"{key}_mean"])
     window = vtk.vtkRenderWindow()
     window.SetOffScreenRendering(1)
-    window.SetSize(max(480, 60 * len(rows) + 160), 420)
+    window.SetSize(max(480, 20 * len(bars) * len(rows) + 160), 420)
     view = vtk.vtkContextView()
     view.SetRenderWindow(window)
     view.GetRenderer().SetBackground(1.0, 1.0, 1.0)
@@ -155,10 +160,10 @@ def write_error_plot(evaluation, path: str | os.PathLike, *, title: str = "Mean 
     chart.SetTitle(title)
     chart.SetShowLegend(True)
     chart.SetBarWidthFraction(0.8)
-    for column, colour in ((1, STAGE1_COLOUR), (2, CASCADE_COLOUR)):
-        bars = chart.AddPlot(vtk.vtkChart.BAR)
-        bars.SetInputData(table, 0, column)
-        bars.SetColor(*colour, 255)
+    for column, (_, _, colour) in enumerate(bars, start=1):
+        plot = chart.AddPlot(vtk.vtkChart.BAR)
+        plot.SetInputData(table, 0, column)
+        plot.SetColor(*colour, 255)
     bottom = chart.GetAxis(vtk.vtkAxis.BOTTOM)
     bottom.SetTitle("landmark")
     ticks, labels = vtk.vtkDoubleArray(), vtk.vtkStringArray()
