@@ -132,12 +132,16 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- detection ----------------------------------------------------------------------------------------
 
+    def cancelledRunningJob(self):
+        """If a detection or fine-tuning is under way, cancel it (its button reads Cancel) and say so."""
+        if self.run is None or not self.run.running:
+            return False
+        self.run.cancel()
+        self.finishRun(cancelled=True)
+        return True
+
     def onDetectButton(self):
-        if self.run is not None and self.run.running:
-            self.run.cancel()
-            self.finishRun(cancelled=True)
-            return
-        if not self.logic.ensureTorch():
+        if self.cancelledRunningJob() or not self.logic.ensureTorch():
             return
         device, message = self.logic.resolveDevice(DEVICES[self.ui.deviceSelector.currentText])
         with slicer.util.tryWithErrorDisplay("Cannot start detection.", waitCursor=True):
@@ -229,11 +233,7 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = f"Saved {os.path.basename(volumePath)} and {os.path.basename(pointsPath)}."
 
     def onFineTuneButton(self):
-        if self.run is not None and self.run.running:
-            self.run.cancel()
-            self.finishRun(cancelled=True)
-            return
-        if not self.logic.ensureTorch():
+        if self.cancelledRunningJob() or not self.logic.ensureTorch():
             return
         with slicer.util.tryWithErrorDisplay("Cannot start fine-tuning.", waitCursor=True):
             folder = self.ui.trainingFolderSelector.currentPath

@@ -60,7 +60,54 @@ def _check_volume_node(volume_node) -> None:
         raise ValueError(f"{volume_node.GetName()} is not a greyscale volume; pick the CT angiogram itself.")
 
 
-class DetectionRun:
+class _BackgroundRun:
+    """A cascade-landmarks command in a background process: start, poll for progress, cancel, wait, finish."""
+
+    def __init__(self, arguments, *, python=None, environment=None):
+        self.command = BackgroundCommand(arguments, python=python, environment=environment)
+        self.fraction = 0.0
+        self.status = "starting"
+
+    def start(self):
+        self.command.start()
+        return self
+
+    def poll(self) -> tuple[float, str]:
+        """Progress so far: (fraction done, status line). Never blocks."""
+        for message in self.command.poll():
+            if "fraction" in message:
+                self._take_progress(message)
+        return self.fraction, self.status
+
+    def _take_progress(self, message: dict) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self.command.running
+
+    def cancel(self) -> None:
+        self.command.cancel()
+        self.status = "Cancelled"
+        self._cleanup()
+
+    def wait(self, *, progress: Progress | None = None, interval: float = 0.1):
+        """Block until done, reporting progress; returns what :meth:`finish` returns."""
+        while self.command.running:
+            fraction, status = self.poll()
+            if progress:
+                progress(fraction, status)
+            time.sleep(interval)
+        return self.finish()
+
+    def finish(self):
+        raise NotImplementedError
+
+    def _cleanup(self) -> None:
+        """Remove temporary files (nothing by default)."""
+
+
+class DetectionRun(_BackgroundRun):
     """Detect landmarks in a volume node in a background process; ``finish()`` puts them in a point list.
 
     Args:
@@ -96,44 +143,16 @@ class DetectionRun:
         self.output_node = output_node
         self._folder = Path(tempfile.mkdtemp(prefix="cascade-landmarks-"))
         volume_file = write_volume(volume_from_node(volume_node), self._folder / "input.nrrd", compress=False)
-        self.command = BackgroundCommand(
+        super().__init__(
             ["detect", self.model_path, volume_file, "-o", self._folder, "--device", device],
             python=python,
             environment=environment,
         )
-        self.fraction = 0.0
-        self.status = "starting"
 
-    def start(self) -> DetectionRun:
-        self.command.start()
-        return self
-
-    def poll(self) -> tuple[float, str]:
-        """Progress so far: (fraction done, status line). Never blocks."""
-        for message in self.command.poll():
-            if "fraction" in message:
-                self.fraction = float(message["fraction"])
-                step = message.get("metrics", {}).get("step")
-                self.status = f"Detecting: {step}" if step else "Detecting"
-        return self.fraction, self.status
-
-    @property
-    def running(self) -> bool:
-        return self.command.running
-
-    def cancel(self) -> None:
-        self.command.cancel()
-        self.status = "Cancelled"
-        self._cleanup()
-
-    def wait(self, *, progress: Progress | None = None, interval: float = 0.1):
-        """Block until done, reporting progress; returns the point-list node."""
-        while self.command.running:
-            fraction, status = self.poll()
-            if progress:
-                progress(fraction, status)
-            time.sleep(interval)
-        return self.finish()
+    def _take_progress(self, message: dict) -> None:
+        self.fraction = float(message["fraction"])
+        step = message.get("metrics", {}).get("step")
+        self.status = f"Detecting: {step}" if step else "Detecting"
 
     def finish(self):
         """Read the results of a finished run into the output point list (or raise with the reason); returns it."""
@@ -239,7 +258,7 @@ def _log_corrections(path: Path, case: str, node) -> None:
     write_text_atomically(path, previous + buffer.getvalue())
 
 
-class FineTuneRun:
+class FineTuneRun(_BackgroundRun):
     """Fine-tune a model on a training folder in a background process; ``finish()`` registers the new version.
 
     Args:
@@ -260,36 +279,19 @@ class FineTuneRun:
         self.output = (
             Path(output) if output else self.folder / f"{Path(base_model).name.removesuffix('.pt')}-fine-tuned.pt"
         )
-        self.command = BackgroundCommand(
+        super().__init__(
             ["train", self.folder, "-o", self.output, "--init-from", base_path, "--stage1-iterations",
              stage1_iterations, "--stage2-iterations", stage2_iterations, "--device", device],
             python=python,
             environment=environment,
         )  # fmt: skip
-        self.fraction = 0.0
-        self.status = "starting"
 
-    def start(self) -> FineTuneRun:
-        self.command.start()
-        return self
-
-    def poll(self) -> tuple[float, str]:
-        for message in self.command.poll():
-            if "fraction" in message:
-                task = message.get("task", "")
-                stage = 0.5 if task.startswith("stage 2") else 0.0
-                self.fraction = stage + 0.5 * float(message["fraction"]) if task.startswith("stage") else 0.0
-                left = message.get("seconds_left")
-                self.status = f"Fine-tuning: {task}" + (f", about {int(left)} s left" if left else "")
-        return self.fraction, self.status
-
-    @property
-    def running(self) -> bool:
-        return self.command.running
-
-    def cancel(self) -> None:
-        self.command.cancel()
-        self.status = "Cancelled"
+    def _take_progress(self, message: dict) -> None:
+        task = message.get("task", "")
+        stage = 0.5 if task.startswith("stage 2") else 0.0
+        self.fraction = stage + 0.5 * float(message["fraction"]) if task.startswith("stage") else 0.0
+        left = message.get("seconds_left")
+        self.status = f"Fine-tuning: {task}" + (f", about {int(left)} s left" if left else "")
 
     def finish(self):
         """Register the fine-tuned model as a new version of its base; returns its registry entry."""
