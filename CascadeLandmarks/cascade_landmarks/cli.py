@@ -332,7 +332,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     write_landmarks(landmarks, output / "cta-thorax-abdomen.mrk.json", coordinate_system="RAS")
     write_landmarks_csv({"cta-thorax-abdomen": landmarks}, output / "landmarks.csv", coordinate_system="RAS")
     print(f"\nWrote {output / 'cta-thorax-abdomen.mrk.json'} (RAS; open it in Slicer with the volume) and")
-    print(f"{output / 'landmarks.csv'}. Detection joins this demo once the cascade model lands.")
+    print(f"{output / 'landmarks.csv'}. Detection joins this demo when a trained model ships with the extension.")
     return 0
 
 
