@@ -26,11 +26,9 @@ from .config import CascadeConfig
 from .coordinates import Geometry
 from .heatmaps import gaussian_targets
 from .landmark_sets import LandmarkSet
-from .landmarks import Landmarks, read_landmarks
+from .landmarks import LANDMARK_SUFFIXES, Landmarks, read_landmarks
 from .preprocessing import Sampler, patch_geometry, stage1_geometry
 from .volumes import case_name, is_volume_path, read_geometry, read_volume
-
-LANDMARK_FILE_SUFFIXES = (".mrk.json", ".fcsv")
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ def find_cases(source: str | os.PathLike) -> list[CaseFiles]:
         if path.is_file() and is_volume_path(path):
             name = case_name(path)
             landmarks = next(
-                (source / f"{name}{s}" for s in LANDMARK_FILE_SUFFIXES if (source / f"{name}{s}").is_file()), None
+                (source / f"{name}{s}" for s in LANDMARK_SUFFIXES if (source / f"{name}{s}").is_file()), None
             )
             cases.append(CaseFiles(name, path, landmarks))
     if not cases:

@@ -74,13 +74,6 @@ class Landmarks:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def position_of(self, label: str) -> np.ndarray:
-        """The LPS position (mm, shape (3,)) of the point labelled ``label``."""
-        try:
-            return self.positions_lps[self.labels.index(label)]
-        except ValueError:
-            raise KeyError(f"No landmark labelled {label!r}; the labels are {', '.join(self.labels)}.") from None
-
     def reordered(self, labels: Sequence[str]) -> Landmarks:
         """The points in the order of ``labels`` (each must be present exactly once)."""
         missing = [label for label in labels if label not in self.labels]
@@ -90,11 +83,6 @@ class Landmarks:
         return Landmarks(
             [self.labels[i] for i in order], self.positions_lps[order], [self.descriptions[i] for i in order]
         )
-
-
-def is_landmark_path(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names a landmark file this engine reads (``.mrk.json`` or ``.fcsv``)."""
-    return str(path).lower().endswith(LANDMARK_SUFFIXES)
 
 
 def read_landmarks(path: str | os.PathLike) -> Landmarks:
