@@ -1,6 +1,7 @@
 """Progress bars for long loops, on standard error: count, percentage, metrics, speed and time left.
 
-On a terminal the line is redrawn in place; in a log file a line is written every tenth of the way. For a
+On a terminal the line is redrawn in place; in a log file a line is written every tenth of the way, and at least
+once a minute (a long training's log should not fall silent for ten minutes). For a
 program that runs the command in the background (the Slicer module), ``set_progress_format("json")`` makes every
 bar print one JSON object per update on standard output instead:
 ``{"task": "stage 1", "done": 120, "total": 400, "fraction": 0.3, "metrics": {...}, "seconds_left": 63.0}``.
@@ -14,6 +15,7 @@ import time
 from typing import TextIO
 
 PROGRESS_FORMATS = ("bar", "json")
+LOG_INTERVAL_S = 60.0
 _format = "bar"
 
 
@@ -60,7 +62,8 @@ class ProgressBar:
         tenth = int(10 * count / self.total)
         if self._interactive and now - self._last_draw < 0.2 and count < self.total:
             return
-        if not self._interactive and tenth == self._last_tenth and count < self.total:
+        quiet_for = now - self._last_draw
+        if not self._interactive and tenth == self._last_tenth and quiet_for < LOG_INTERVAL_S and count < self.total:
             return
         self._last_draw, self._last_tenth = now, tenth
         self.stream.write(
