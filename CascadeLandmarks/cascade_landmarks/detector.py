@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .config import CascadeConfig
-from .coordinates import lps_to_ras
+from .coordinates import Geometry, lps_to_ras
 from .devices import select_device
 from .heatmaps import decode_peaks
 from .landmarks import Landmarks, write_landmarks_csv
@@ -104,9 +104,7 @@ def detect(
 
     started = time.perf_counter()
     report("stage 1: heatmaps", 0.2)
-    heatmaps = predict_heatmaps(model.stage1, stage1_input, config, torch_device)
-    indices, peaks = decode_peaks(heatmaps[1:])
-    stage1_lps = grid.index_to_lps(indices)
+    stage1_lps, peaks = locate_stage1(model, stage1_input, grid, torch_device)
     seconds["stage 1"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -130,6 +128,15 @@ def detect(
         flagged=confidence < config.flag_below,
         seconds=seconds,
     )
+
+
+def locate_stage1(
+    model: CascadeModel, stage1_input: np.ndarray, grid: Geometry, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1's points (LPS mm, shape (N, 3)) and heatmap peak heights (N,) for an input on ``grid``."""
+    heatmaps = predict_heatmaps(model.stage1, stage1_input, model.config, device)
+    indices, peaks = decode_peaks(heatmaps[1:])
+    return grid.index_to_lps(indices), peaks
 
 
 def predict_heatmaps(

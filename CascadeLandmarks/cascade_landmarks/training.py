@@ -35,9 +35,8 @@ from .data import (
     stage1_batch,
     stage2_batch,
 )
-from .detector import predict_displacements, predict_heatmaps
+from .detector import locate_stage1, predict_displacements
 from .devices import select_device
-from .heatmaps import decode_peaks
 from .landmark_sets import LandmarkSet, load_landmark_set
 from .losses import euclidean_loss, heatmap_loss
 from .modelfile import CascadeModel, load_model, model_from_state, save_model
@@ -355,8 +354,7 @@ def _validation_error(
         return None
     errors = []
     for case in cases:
-        heatmaps = predict_heatmaps(model.stage1, case.stage1_input, model.config, device)
-        points = case.stage1_grid.index_to_lps(decode_peaks(heatmaps[1:])[0])
+        points, _ = locate_stage1(model, case.stage1_input, case.stage1_grid, device)
         if cascade:
             points = points + predict_displacements(model, case.sampler, points, device)
         errors.append(np.linalg.norm(points - case.landmarks_lps, axis=1))
