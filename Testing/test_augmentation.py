@@ -18,7 +18,7 @@ from cascade_landmarks.augmentation import (
 from cascade_landmarks.config import CascadeConfig, TrainingConfig
 from cascade_landmarks.data import TrainingCase, stage1_batch, stage2_batch
 from cascade_landmarks.landmark_sets import LandmarkDefinition, LandmarkSet
-from cascade_landmarks.preprocessing import patch_geometry
+from cascade_landmarks.preprocessing import IntensityWindow, Sampler, patch_geometry
 
 PAIRED = LandmarkSet(
     name="pair-3",
@@ -70,7 +70,7 @@ SPATIAL = {
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_each_landmark_stays_on_its_dot_under_every_transform(name, seed):
     volume = _dots_volume()
-    sampler = AugmentingSampler(volume, (0.0, 1.0))
+    sampler = AugmentingSampler(Sampler(volume, IntensityWindow("fixed", 0.0, 1.0)))
     rng = np.random.default_rng(seed)
     transform = RandomTransform(SPATIAL[name], rng, centre_lps=(0.0, 0.0, 0.0), extent_mm=volume.geometry.extent_mm)
     moved = transform.to_output(DOTS_LPS)
@@ -83,7 +83,7 @@ def test_each_landmark_stays_on_its_dot_under_every_transform(name, seed):
 
 def test_a_mirror_swaps_the_labels_of_paired_landmarks():
     volume = _dots_volume()
-    sampler = AugmentingSampler(volume, (0.0, 1.0))
+    sampler = AugmentingSampler(Sampler(volume, IntensityWindow("fixed", 0.0, 1.0)))
     case = TrainingCase(
         name="dots", stage1_input=None, stage1_grid=None, stage1_ijk=None, regions=None, margin=0,
         landmarks_lps=DOTS_LPS, twins=PAIRED.twin_permutation(), centre_lps=np.zeros(3),

@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional
 
 from .coordinates import Geometry
-from .volumes import Volume
+from .preprocessing import Sampler
 
 
 @dataclass(frozen=True)
@@ -165,13 +165,12 @@ class RandomTransform:
 
 
 class AugmentingSampler:
-    """Samples a windowed volume through random transforms, with torch's trilinear interpolation."""
+    """Samples a volume, windowed as ``sampler`` windows it, through random transforms (torch's trilinear
+    interpolation)."""
 
-    def __init__(self, volume: Volume, bounds: tuple[float, float]):
-        low, high = bounds
-        array = (np.clip(volume.array.astype(np.float32), low, high) - low) / (high - low)
-        self.tensor = torch.from_numpy(array)[None, None]  # [1, 1, k, j, i]
-        self.geometry = volume.geometry
+    def __init__(self, sampler: Sampler):
+        self.tensor = torch.from_numpy(sampler.windowed(sampler.volume.array))[None, None]  # [1, 1, k, j, i]
+        self.geometry = sampler.volume.geometry
 
     def sample(self, geometry: Geometry, transform: RandomTransform | None) -> np.ndarray:
         """Windowed intensities on ``geometry`` (float32, shape ``geometry.shape``), seen through ``transform``."""

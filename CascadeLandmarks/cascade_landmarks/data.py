@@ -176,7 +176,7 @@ def prepare_case(
         margin=margin,
         landmarks_lps=case.landmarks.positions_lps,
         sampler=sampler if keep_sampler else None,
-        augmenter=AugmentingSampler(volume, sampler.bounds) if augmentation.enabled else None,
+        augmenter=AugmentingSampler(sampler) if augmentation.enabled else None,
         twins=config.landmark_set.twin_permutation(),
         centre_lps=volume.geometry.index_to_lps((np.asarray(volume.geometry.size) - 1) / 2.0),
         extent_mm=volume.geometry.extent_mm,

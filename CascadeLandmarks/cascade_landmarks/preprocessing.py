@@ -99,7 +99,10 @@ class Sampler:
         resampler.SetInterpolator(sitk.sitkLinear)
         resampler.SetOutputPixelType(sitk.sitkFloat32)
         resampler.SetDefaultPixelValue(self.bounds[0])
-        array = sitk.GetArrayFromImage(resampler.Execute(self._image))
+        return self.windowed(sitk.GetArrayFromImage(resampler.Execute(self._image)))
+
+    def windowed(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (intensities of this volume) mapped through its intensity window, float32."""
         return self._window.apply(array, self.bounds)
 
     def patches(self, centres_lps: np.ndarray, spacing_mm: float, size: int) -> np.ndarray:
