@@ -25,8 +25,12 @@ def volume_from_node(volume_node) -> Volume:
     import slicer
     import vtk
 
-    if volume_node is None or not volume_node.IsA("vtkMRMLScalarVolumeNode"):
-        raise ValueError("Pick a scalar volume (a CT or MR image); this node is not one.")
+    if volume_node is None:
+        raise ValueError("Pick an input volume first (load a CT angiogram, then choose it as input).")
+    if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise ValueError(
+            f"{volume_node.GetName()} is not a greyscale volume; pick a scalar volume such as the CT angiogram itself."
+        )
     if volume_node.GetImageData() is None:
         raise ValueError(f"Volume {volume_node.GetName()} has no voxels loaded.")
     ijk_to_ras = vtk.vtkMatrix4x4()

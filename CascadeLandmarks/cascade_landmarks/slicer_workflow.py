@@ -53,13 +53,6 @@ class LandmarkRow:
     moved_mm: float
 
 
-def _check_volume_node(volume_node) -> None:
-    if volume_node is None:
-        raise ValueError("Pick an input volume first (load a CT angiogram, then choose it as input).")
-    if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
-        raise ValueError(f"{volume_node.GetName()} is not a greyscale volume; pick the CT angiogram itself.")
-
-
 class _BackgroundRun:
     """A cascade-landmarks command in a background process: start, poll for progress, cancel, wait, finish."""
 
@@ -133,7 +126,7 @@ class DetectionRun(_BackgroundRun):
         python=None,
         environment=None,
     ):
-        _check_volume_node(volume_node)
+        volume = volume_from_node(volume_node)  # checks the node first, before any temporary file exists
         if output_node is not None and not output_node.IsA("vtkMRMLMarkupsFiducialNode"):
             raise ValueError(f"{output_node.GetName()} is not a point list; pick a point list as output, or none.")
         self.scene = scene
@@ -142,7 +135,7 @@ class DetectionRun(_BackgroundRun):
         self.model_name = model_name or self.model_path.name.removesuffix(".pt")
         self.output_node = output_node
         self._folder = Path(tempfile.mkdtemp(prefix="cascade-landmarks-"))
-        volume_file = write_volume(volume_from_node(volume_node), self._folder / "input.nrrd", compress=False)
+        volume_file = write_volume(volume, self._folder / "input.nrrd", compress=False)
         super().__init__(
             ["detect", self.model_path, volume_file, "-o", self._folder, "--device", device],
             python=python,
@@ -229,7 +222,7 @@ def save_corrected_case(
     Raises:
         ValueError: nothing to save, or the case exists and ``overwrite`` is False.
     """
-    _check_volume_node(volume_node)
+    volume = volume_from_node(volume_node)  # checks the node, and copies the voxels in the world frame
     if point_list_node is None or point_list_node.GetNumberOfControlPoints() == 0:
         raise ValueError("There are no points to save: detect landmarks (or place them) first.")
     folder = Path(folder)
@@ -237,7 +230,7 @@ def save_corrected_case(
     volume_path, points_path = folder / f"{case}.nrrd", folder / f"{case}.mrk.json"
     if not overwrite and (volume_path.exists() or points_path.exists()):
         raise ValueError(f"Case {case} is already in {folder}; choose another case name or allow overwriting.")
-    write_volume(volume_from_node(volume_node), volume_path)
+    write_volume(volume, volume_path)
     write_landmarks(landmarks_from_node(point_list_node), points_path)
     _log_corrections(folder / CORRECTIONS_LOG, case, point_list_node)
     return volume_path, points_path
