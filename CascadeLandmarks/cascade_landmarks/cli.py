@@ -8,6 +8,7 @@
 - ``info VOLUME [LANDMARKS]``: a volume's geometry and, for each landmark, its RAS position, voxel index and
   the intensity there (the quickest check that a landmark file and a volume agree on coordinates);
 - ``convert LANDMARKS OUT``: between ``.fcsv``, ``.mrk.json`` (LPS or RAS) and long-format CSV;
+- ``phantom {cardiac,aortic} -n N -o DIR``: synthetic CTA phantoms with exactly known landmarks;
 - ``sets [NAME]``: the shipped landmark sets, or one set's landmarks;
 - ``demo``: the built-in example (see README).
 """
@@ -30,6 +31,8 @@ from .figures import quality_control_image, write_error_plot, write_png
 from .landmark_sets import available_landmark_sets, load_landmark_set
 from .landmarks import Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
 from .modelfile import load_model
+from .phantoms import FORMATS as PHANTOM_FORMATS
+from .phantoms import PHANTOMS, write_phantoms
 from .preprocessing import IntensityWindow
 from .progress import PROGRESS_FORMATS, ProgressBar, set_progress_format
 from .training import train
@@ -95,6 +98,19 @@ def _build_parser() -> argparse.ArgumentParser:
     sets = commands.add_parser("sets", help="list the shipped landmark sets, or the landmarks of one")
     sets.add_argument("name", nargs="?", help="a landmark set, e.g. cardiac-5")
     sets.set_defaults(run=_run_sets)
+
+    phantom = commands.add_parser("phantom", help="write synthetic CTA phantoms with exactly known landmarks")
+    phantom.add_argument("kind", choices=sorted(PHANTOMS), help="cardiac (cardiac-5 landmarks) or aortic (aortic-9)")
+    phantom.add_argument("-n", "--cases", type=int, default=1, help="how many cases (default: %(default)s)")
+    phantom.add_argument("-o", "--output", required=True, help="folder to write the cases into")
+    phantom.add_argument("--seed", type=int, default=1, help="seed of the first case; the next ones count up")
+    phantom.add_argument(
+        "--spacing",
+        type=_spacing,
+        help="voxel size in mm, one value or three (default: the paper's, 0.4 cardiac, 0.71,0.71,0.81 aortic)",
+    )
+    phantom.add_argument("--format", choices=sorted(PHANTOM_FORMATS), default="nrrd", help="volume file format")
+    phantom.set_defaults(run=_run_phantom)
 
     demo = commands.add_parser("demo", help="run the built-in example on the real CTA in shared/data")
     demo.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
@@ -283,6 +299,31 @@ def _run_benchmark_afids(args: argparse.Namespace) -> int:
 
     print(afids_benchmark(args.data, args.model, args.output, device=args.device))
     return 0
+
+
+def _run_phantom(args: argparse.Namespace) -> int:
+    if args.cases < 1:
+        raise ValueError(f"--cases must be at least 1, not {args.cases}.")
+    seeds = range(args.seed, args.seed + args.cases)
+    bar = ProgressBar(args.cases, f"{args.kind} phantoms")
+    written = write_phantoms(
+        args.kind, args.output, seeds, spacing_mm=args.spacing, file_format=args.format, on_case=bar.update
+    )
+    bar.close()
+    print(
+        f"Wrote {len(written)} {args.kind} phantoms (synthetic; seeds {seeds.start}-{seeds.stop - 1}) to {args.output}."
+    )
+    return 0
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 3) or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a spacing in mm: give one or three positive numbers")
+    return tuple(values * 3 if len(values) == 1 else values)
 
 
 def _run_info(args: argparse.Namespace) -> int:

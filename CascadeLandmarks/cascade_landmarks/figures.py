@@ -57,13 +57,14 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
 def quality_control_image(
     volume: Volume,
     reference: Landmarks,
-    detection: Detection,
+    detection: Detection | None = None,
     *,
     window: IntensityWindow | None = None,
     pixels: int = QC_PIXELS,
     field_mm: float = QC_FIELD_MM,
 ) -> np.ndarray:
-    """RGB image (uint8): one row per landmark, three views centred on the reference point."""
+    """RGB image (uint8): one row per landmark, three views centred on the reference point, with the detected
+    points marked when a detection is given."""
     window = window or _display_window(volume)
     sampler = Sampler(volume, window)
     spacing = field_mm / pixels
@@ -77,11 +78,13 @@ def quality_control_image(
             )
             grey = (255 * sampler.sample(plane)[:, 0, :]).astype(np.uint8)  # (rows, columns)
             tile = np.repeat(grey[..., None], 3, axis=2)
-            for point, colour in (
-                (detection.stage1_lps[index], STAGE1_COLOUR),
-                (detection.positions_lps[index], CASCADE_COLOUR),
-                (centre, REFERENCE_COLOUR),
-            ):
+            marks = [(centre, REFERENCE_COLOUR)]
+            if detection is not None:
+                marks[:0] = [
+                    (detection.stage1_lps[index], STAGE1_COLOUR),
+                    (detection.positions_lps[index], CASCADE_COLOUR),
+                ]
+            for point, colour in marks:
                 _mark(tile, plane, point, colour, spacing)
             tiles.append(tile)
             tiles.append(np.full((pixels, 2, 3), 255, np.uint8))

@@ -1,0 +1,162 @@
+"""The CTA phantoms: reproducible, plausible in Hounsfield units, and labelled where each definition says.
+
+The phantoms are made at coarse voxels here (1.0 mm cardiac, 2.0 mm aortic) to keep the tests fast; the anatomy
+and the landmarks do not depend on the voxel size.
+"""
+
+import numpy as np
+import pytest
+
+from cascade_landmarks.cli import main
+from cascade_landmarks.landmark_sets import load_landmark_set
+from cascade_landmarks.landmarks import read_landmarks
+from cascade_landmarks.phantoms import aortic, cardiac
+from cascade_landmarks.volumes import read_volume, values_at
+
+CONTRAST_HU = 200.0
+VESSEL_LANDMARKS = {
+    "cardiac": ["left coronary ostium", "right coronary ostium", "left main bifurcation"],
+    "aortic": list(load_landmark_set(aortic.LANDMARK_SET).labels),
+}
+BIFURCATIONS = {"cardiac": ["left main bifurcation"], "aortic": ["aortic bifurcation"]}
+SPACING_MM = {"cardiac": 1.0, "aortic": 2.0}
+
+
+@pytest.fixture(scope="module", params=["cardiac", "aortic"])
+def case(request):
+    module = {"cardiac": cardiac, "aortic": aortic}[request.param]
+    volume, landmarks = module.make_case(7, spacing_mm=SPACING_MM[request.param])
+    return request.param, volume, landmarks
+
+
+def _bright_share(volume, point_lps, radius_mm):
+    """Share of the voxels within ``radius_mm`` of a point that hold contrast-filled blood."""
+    k, j, i = np.indices(volume.array.shape)
+    ijk = np.stack([i, j, k], axis=-1).reshape(-1, 3)
+    distance = np.linalg.norm(volume.geometry.index_to_lps(ijk) - point_lps, axis=1)
+    values = volume.array.reshape(-1)[distance <= radius_mm]
+    assert values.size >= 7, "the ball must hold several voxels"
+    return float(np.mean(values > CONTRAST_HU))
+
+
+def test_the_same_seed_gives_the_same_case_and_another_seed_another():
+    first_volume, first_landmarks = cardiac.make_case(3, spacing_mm=2.0)
+    again_volume, again_landmarks = cardiac.make_case(3, spacing_mm=2.0)
+    _, other_landmarks = cardiac.make_case(4, spacing_mm=2.0)
+    assert np.array_equal(first_volume.array, again_volume.array)
+    assert np.allclose(first_volume.geometry.origin, again_volume.geometry.origin)
+    assert np.array_equal(first_landmarks.positions_lps, again_landmarks.positions_lps)
+    moved = np.linalg.norm(first_landmarks.positions_lps - other_landmarks.positions_lps, axis=1)
+    assert np.all(moved > 1.0), "another seed must give another anatomy and pose"
+
+
+def test_every_landmark_lies_inside_the_volume(case):
+    _, volume, landmarks = case
+    ijk = volume.geometry.lps_to_index(landmarks.positions_lps)
+    margin = 10.0 / volume.geometry.spacing  # room for a stage-2 patch around each landmark
+    assert np.all(ijk >= margin)
+    assert np.all(ijk <= np.array(volume.geometry.size) - 1 - margin)
+
+
+def test_vessel_landmarks_sit_in_contrast_filled_blood(case):
+    kind, volume, landmarks = case
+    values = values_at(volume, landmarks.positions_lps)
+    for label in VESSEL_LANDMARKS[kind]:
+        assert values[landmarks.labels.index(label)] > CONTRAST_HU, label
+
+
+def _distance_to_polyline(point, polyline):
+    a, b = polyline[:-1], polyline[1:]
+    t = np.clip(np.einsum("ij,ij->i", point - a, b - a) / np.einsum("ij,ij->i", b - a, b - a), 0, 1)
+    return float(np.min(np.linalg.norm(a + t[:, None] * (b - a) - point, axis=1)))
+
+
+@pytest.mark.parametrize(
+    ("module", "ostia"),
+    [
+        (cardiac, {"left coronary ostium": "left main", "right coronary ostium": "right coronary"}),
+        (
+            aortic,
+            {
+                "brachiocephalic trunk origin": "brachiocephalic",
+                "left common carotid artery origin": "left carotid",
+                "left subclavian artery origin": "left subclavian",
+                "celiac trunk origin": "celiac",
+                "superior mesenteric artery origin": "superior mesenteric",
+                "right renal artery origin": "right renal",
+                "left renal artery origin": "left renal",
+                "inferior mesenteric artery origin": "inferior mesenteric",
+            },
+        ),
+    ],
+)
+def test_an_ostium_is_where_the_branch_centreline_crosses_the_parent_wall(module, ostia):
+    for seed in (1, 2, 3):
+        body = module.anatomy(seed)
+        _, aorta_lumen = body.vessels["aorta"]
+        for label, branch in ostia.items():
+            point = body.landmarks[label]
+            assert abs(aorta_lumen.distance(point[None])[0]) < 0.01, f"{label} is not on the aortic wall"
+            assert _distance_to_polyline(point, body.vessels[branch][0]) < 0.01, f"{label} is off the {branch}"
+
+
+@pytest.mark.parametrize(
+    ("module", "label", "vessels"),
+    [
+        (cardiac, "left main bifurcation", ["left main", "left anterior descending", "circumflex"]),
+        (aortic, "aortic bifurcation", ["aorta", "right iliac", "left iliac"]),
+    ],
+)
+def test_a_bifurcation_is_where_the_centrelines_meet(module, label, vessels):
+    for seed in (1, 2, 3):
+        body = module.anatomy(seed)
+        for vessel in vessels:
+            assert _distance_to_polyline(body.landmarks[label], body.vessels[vessel][0]) < 0.01, (seed, vessel)
+
+
+def test_a_bifurcation_lies_inside_the_lumen_in_the_image(case):
+    kind, volume, landmarks = case
+    for label in BIFURCATIONS[kind]:
+        share = _bright_share(
+            volume, landmarks.positions_lps[landmarks.labels.index(label)], 1.5 * volume.geometry.spacing.max()
+        )
+        assert share > 0.75, (label, share)
+
+
+def test_the_phantom_holds_the_tissues_of_a_ct_angiogram(case):
+    kind, volume, _ = case
+    values = volume.array
+    shares = {
+        "air or lung": np.mean(values < -700),
+        "fat": np.mean((values > -150) & (values < -50)),
+        "soft tissue": np.mean((values > 0) & (values < 150)),
+        "contrast-filled blood": np.mean((values > 250) & (values < 600)),
+        "bone": np.mean(values > 600),
+    }
+    for tissue, share in shares.items():
+        assert share > 0.002, f"{kind}: no {tissue}"
+    assert volume.array.dtype == np.int16
+
+
+def test_the_apex_is_on_the_left_ventricle_wall_not_in_blood_or_air():
+    volume, landmarks = cardiac.make_case(11, spacing_mm=1.0)
+    apex = landmarks.positions_lps[landmarks.labels.index("apex cordis")]
+    assert -150 < values_at(volume, apex[None])[0] < CONTRAST_HU
+    assert 0.0 < _bright_share(volume, apex, 12.0) < 0.5, "the contrast-filled cavity lies just inside the apex"
+
+
+def test_the_phantom_command_writes_cases_that_read_back_as_made(tmp_path, capsys):
+    assert main(["phantom", "aortic", "-n", "2", "--seed", "5", "--spacing", "3", "-o", str(tmp_path)]) == 0
+    assert "synthetic" in capsys.readouterr().out
+    volume = read_volume(tmp_path / "aortic-0006.nrrd")
+    landmarks = read_landmarks(tmp_path / "aortic-0006.mrk.json")
+    expected_volume, expected = aortic.make_case(6, spacing_mm=3.0)
+    assert np.array_equal(volume.array, expected_volume.array)
+    assert np.allclose(landmarks.positions_lps, expected.positions_lps, atol=1e-6)
+    assert landmarks.labels == expected.labels
+
+
+def test_the_phantom_command_refuses_a_bad_spacing(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["phantom", "cardiac", "--spacing", "0,1", "-o", str(tmp_path)])
+    assert "not a spacing in mm" in capsys.readouterr().err
