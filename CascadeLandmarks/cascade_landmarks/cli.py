@@ -84,6 +84,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="a smoke run of a few minutes: shows the machinery, not accuracy"
     )
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    bench.add_argument(
+        "--bundle", action="store_true", help="ship the cascade models in Resources/Models with cards (developers)"
+    )
     bench.set_defaults(run=_run_benchmark)
 
     speed = commands.add_parser("benchmark-speed", help="time and peak memory of detection on a large CT volume")
@@ -309,7 +312,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_benchmark(args: argparse.Namespace) -> int:
     from .phantom_benchmark import run_benchmark
 
-    report = run_benchmark(args.output, kinds=args.sets, size="quick" if args.quick else "full", device=args.device)
+    size = "quick" if args.quick else "full"
+    report = run_benchmark(args.output, kinds=args.sets, size=size, device=args.device, bundle=args.bundle)
     print(report)
     print(f"Wrote {Path(args.output) / 'report.md'} and report.json (figures on synthetic phantoms).")
     return 0

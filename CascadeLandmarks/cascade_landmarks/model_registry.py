@@ -11,10 +11,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .atomic_files import write_text_atomically
+from .atomic_files import write_atomically, write_text_atomically
 from .resource_files import resource_path
 
 USER_FOLDER_VARIABLE = "CASCADE_LANDMARKS_HOME"
@@ -31,6 +32,7 @@ class ModelEntry:
         sha256: checksum of the file.
         version: 1 for a trained model, one more for each fine-tuning.
         description: a line for the model list.
+        card: file name of the model card (what it was trained on, how, how well), beside the model; or "".
         bundled: shipped with the extension (read-only) or the user's.
     """
 
@@ -40,6 +42,7 @@ class ModelEntry:
     sha256: str
     version: int = 1
     description: str = ""
+    card: str = ""
     bundled: bool = False
 
 
@@ -114,6 +117,32 @@ def register_model(
     )
     document = {"models": [_user_record(e) for e in [*entries, entry]]}
     write_text_atomically(user_folder() / "registry.json", json.dumps(document, indent=2) + "\n")
+    return entry
+
+
+def add_bundled_model(model_path: str | os.PathLike, name: str, card_text: str, *, description: str) -> ModelEntry:
+    """Ship a model with the extension: copy it into ``Resources/Models`` as ``<name>.pt`` with its card
+    ``<name>.md``, and list it (with its SHA-256) in that folder's registry. For the developers, in a checkout."""
+    from .modelfile import load_model
+
+    model = load_model(model_path)
+    registry = resource_path("Models", "registry.json")
+    folder = Path(str(registry)).parent
+    target = folder / f"{name}.pt"
+    write_atomically(target, lambda temporary: shutil.copyfile(model_path, temporary))
+    write_text_atomically(folder / f"{name}.md", card_text)
+    entry = ModelEntry(
+        name=name,
+        landmark_set=model.config.landmark_set.name,
+        file=target.name,
+        sha256=file_sha256(target),
+        version=1,
+        description=description,
+        card=f"{name}.md",
+    )
+    document = json.loads(registry.read_text(encoding="utf-8"))
+    document["models"] = [r for r in document["models"] if r["name"] != name] + [_user_record(entry)]
+    write_text_atomically(registry, json.dumps(document, indent=2) + "\n")
     return entry
 
 

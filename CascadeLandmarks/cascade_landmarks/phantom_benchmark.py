@@ -26,6 +26,9 @@ from pathlib import Path
 from .atomic_files import write_text_atomically
 from .config import TrainingConfig
 from .evaluation import Evaluation, evaluate
+from .landmark_sets import load_landmark_set
+from .model_registry import add_bundled_model
+from .modelfile import CascadeModel, load_model
 from .phantoms import phantom, write_phantoms
 from .training import checkpoint_path, train
 
@@ -47,11 +50,14 @@ class BenchmarkSize:
     stage1_iterations: int
     stage2_iterations: int
     batch_size: int = 4
+    voxel_scale: float = 1.0  # times the phantoms' benchmark voxel size (SETTINGS)
 
 
 SIZES = {
     "full": BenchmarkSize("full", training_cases=40, test_cases=10, stage1_iterations=1500, stage2_iterations=2500),
-    "quick": BenchmarkSize("quick", training_cases=4, test_cases=2, stage1_iterations=30, stage2_iterations=30),
+    "quick": BenchmarkSize(
+        "quick", training_cases=4, test_cases=2, stage1_iterations=30, stage2_iterations=30, voxel_scale=2.0
+    ),
 }
 
 # Per phantom: the voxel size of the benchmark's phantoms and the model settings fitted to it. Cardiac: stage 1
@@ -70,8 +76,13 @@ def run_benchmark(
     size: str = "full",
     device: str = "auto",
     progress: bool = True,
+    bundle: bool = False,
 ) -> str:
-    """Write phantoms, train, evaluate; returns the report (Markdown), also written to ``output/report.md``."""
+    """Write phantoms, train, evaluate; returns the report (Markdown), also written to ``output/report.md``.
+
+    With ``bundle``, each cascade model is shipped in ``Resources/Models`` as ``<set>-phantom`` with its model
+    card and registry entry (for the developers, in a checkout).
+    """
     if size not in SIZES:
         raise ValueError(f"Unknown benchmark size {size!r}: choose one of {', '.join(SIZES)}.")
     plan = SIZES[size]
@@ -85,12 +96,21 @@ def run_benchmark(
         "results": {kind: {k: _means(v) for k, v in r.items()} for kind, r in results.items()},
     }
     write_text_atomically(output / "report.json", json.dumps(summary, indent=2))
+    if bundle:
+        for kind, evaluations in results.items():
+            landmark_set = phantom(kind).LANDMARK_SET
+            add_bundled_model(
+                output / kind / f"{kind}-cascade.pt",
+                f"{landmark_set}-phantom",
+                model_card(kind, load_model(output / kind / f"{kind}-cascade.pt"), evaluations["cascade"], plan),
+                description=f"{load_landmark_set(landmark_set).title}; trained on synthetic phantoms only",
+            )
     return report
 
 
 def _run_one(kind: str, folder: Path, plan: BenchmarkSize, device: str, progress: bool) -> dict[str, Evaluation]:
     settings = SETTINGS[kind]
-    spacing = (settings["spacing_mm"],) * 3
+    spacing = (settings["spacing_mm"] * plan.voxel_scale,) * 3
     training_seeds = range(1, plan.training_cases + 1)
     test_seeds = range(TEST_SEED_OFFSET + 1, TEST_SEED_OFFSET + plan.test_cases + 1)
     for subfolder, seeds in (("train", training_seeds), ("test", test_seeds)):
@@ -144,7 +164,7 @@ def _report(results: dict[str, dict[str, Evaluation]], plan: BenchmarkSize) -> s
         f"phantoms (seeds 1-{plan.training_cases}), {plan.test_cases} held-out test phantoms (seeds "
         f"{TEST_SEED_OFFSET + 1}-{TEST_SEED_OFFSET + plan.test_cases}), {plan.stage1_iterations} stage-1 and "
         f"{plan.stage2_iterations} stage-2 iterations of batch {plan.batch_size}; voxels "
-        + ", ".join(f"{kind} {SETTINGS[kind]['spacing_mm']} mm" for kind in results)
+        + ", ".join(f"{kind} {SETTINGS[kind]['spacing_mm'] * plan.voxel_scale:g} mm" for kind in results)
         + ". The paper's figures are means on its patient scans.",
         "",
     ]
@@ -183,3 +203,61 @@ def _table1(evaluations: dict[str, Evaluation]) -> list[str]:
     ratio = rows["cascade"][1].mean() / rows["stage1"][1].mean()
     lines += ["", f"Cascade / whole-image stage 1: {ratio:.2f} (paper: {2.08 / 3.99:.2f}).", ""]
     return lines
+
+
+def model_card(kind: str, model: CascadeModel, evaluation: Evaluation, plan: BenchmarkSize) -> str:
+    """The model card of a bundled phantom-trained model: what it was trained on, how, and how well."""
+    config, training = model.config, model.training
+    run = training["training_config"]
+    landmark_set = config.landmark_set
+    rows = [
+        f"| {label} | {s1:.2f} +- {d1:.2f} | {c:.2f} +- {dc:.2f} |"
+        for label, s1, d1, c, dc in zip(
+            evaluation.labels,
+            evaluation.errors_mm["stage1"].mean(axis=0),
+            evaluation.errors_mm["stage1"].std(axis=0),
+            evaluation.errors_mm["cascade"].mean(axis=0),
+            evaluation.errors_mm["cascade"].std(axis=0),
+            strict=True,
+        )
+    ]
+    stage1, cascade = evaluation.errors_mm["stage1"], evaluation.errors_mm["cascade"]
+    return "\n".join(
+        [
+            f"# {landmark_set.name}-phantom: {landmark_set.title}, trained on synthetic phantoms",
+            "",
+            "**This model has never seen a real patient.** It was trained and tested on synthetic CT angiography "
+            f"phantoms ({kind}, `cascade_landmarks/phantoms/{kind}.py`) whose landmarks are exact by construction. "
+            "It drives the demo and is a starting point for fine-tuning on annotated scans; its figures say how "
+            "well the method learns the phantoms, not how it does on patients. Not for clinical use.",
+            "",
+            "## Training",
+            f"- Data: {len(training['cases']['training'])} training and {len(training['cases']['validation'])} "
+            f"validation phantoms (seeds 1-{plan.training_cases}) at {config.stage2_spacing_mm:g} mm voxels.",
+            f"- Stage 1: whole-image U-Net (width {config.unet.width}, depth {config.unet.depth}) on a "
+            f"{' x '.join(map(str, config.stage1_grid))} grid of {config.stage1_spacing_mm:g} mm voxels, heatmap sigma "
+            f"{config.heatmap_sigma:g} voxels; {run['stage1_iterations']} iterations.",
+            f"- Stage 2: one CNN per landmark on {config.displacement.patch_size}^3 patches of "
+            f"{config.stage2_spacing_mm:g} mm, corrections up to {config.stage2_radius_mm:.1f} mm; "
+            f"{run['stage2_iterations']} iterations.",
+            f"- Adam, learning rate {run['learning_rate']:g}, batch {run['batch_size']}, seed {run['seed']}, no "
+            f"augmentation; {training['seconds'] / 60:.0f} minutes on {training['device']} "
+            f"(torch {training['torch']}, cascade_landmarks {training['cascade_landmarks']}).",
+            f"- Reproduce: `cascade-landmarks benchmark --sets {kind} -o benchmark --bundle`.",
+            "",
+            f"## Error on {len(evaluation.case_names)} held-out phantoms (mm, mean +- std; synthetic data)",
+            "",
+            "| landmark | stage 1 | cascade |",
+            "|---|---|---|",
+            *rows,
+            f"| **all** | {stage1.mean():.2f} +- {stage1.std():.2f} | {cascade.mean():.2f} +- {cascade.std():.2f} |",
+            "",
+            "## Limits",
+            "- Phantoms are simplified anatomy (tubes, ellipsoids, spheres) with textbook layouts: real scans have "
+            "pathology, calcium, stents, motion and streak artefacts, other fields of view and contrast timing.",
+            f"- Volumes are resampled to {config.stage2_spacing_mm:g} mm for stage 2; landmarks farther than "
+            f"{config.stage2_radius_mm:.1f} mm from the stage-1 estimate cannot be corrected.",
+            "- A low confidence flags a point to check; check every point before use.",
+            "",
+        ]
+    )
