@@ -8,7 +8,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
-SHARED ?= ../shared
 
 .PHONY: demo test lint clean
 
@@ -25,7 +24,7 @@ $(VENV)/.installed-test: $(VENV)/.installed-engine
 	touch $@
 
 demo: $(VENV)/.installed-engine
-	$(BIN)/cascade-landmarks demo --data $(SHARED)/data --output demo-output
+	$(BIN)/cascade-landmarks demo --output demo-output
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -253,7 +253,7 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class CascadeLandmarksLogic(ScriptedLoadableModuleLogic):
     """Detection, correction and fine-tuning on MRML nodes, usable from the Python console:
 
-    ``CascadeLandmarksLogic().detect(volumeNode, model="cardiac-5")`` returns the point-list node.
+    ``CascadeLandmarksLogic().detect(volumeNode, model="cardiac-5-phantom")`` returns the point-list node.
 
     Takes MRML nodes and plain values, never widgets; raises ValueError with a sentence a user can act on.
     """
@@ -342,7 +342,7 @@ class CascadeLandmarksLogic(ScriptedLoadableModuleLogic):
         """Detect the model's landmarks in ``volumeNode``.
 
         Args:
-            model: a registered model name (e.g. "cardiac-5") or a model file.
+            model: a registered model name (e.g. "cardiac-5-phantom") or a model file.
             outputNode: a point list to fill (its points are replaced); None creates a new one.
             device: "auto", "cpu" or "cuda".
             wait: block until done and return the point-list node; otherwise return the run at once and call

@@ -84,6 +84,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="a smoke run of a few minutes: shows the machinery, not accuracy"
     )
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    bench.add_argument("--real-data", help="the shared data folder: also run the aortic model on its real CTA")
     bench.add_argument(
         "--bundle", action="store_true", help="ship the cascade models in Resources/Models with cards (developers)"
     )
@@ -313,7 +314,9 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     from .phantom_benchmark import run_benchmark
 
     size = "quick" if args.quick else "full"
-    report = run_benchmark(args.output, kinds=args.sets, size=size, device=args.device, bundle=args.bundle)
+    report = run_benchmark(
+        args.output, kinds=args.sets, size=size, device=args.device, bundle=args.bundle, real_data=args.real_data
+    )
     print(report)
     print(f"Wrote {Path(args.output) / 'report.md'} and report.json (figures on synthetic phantoms).")
     return 0
