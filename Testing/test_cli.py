@@ -10,9 +10,10 @@ import numpy as np
 
 from cascade_landmarks import load_landmark_set, read_landmarks, read_landmarks_csv
 
-# The bundled model's cascade mean on the benchmark's held-out phantoms is in its model card; the demo's one new
-# phantom must come out well within the 1.0 mm target plus a margin for one case.
-DEMO_MEAN_ERROR_LIMIT_MM = 1.5
+# The bundled model's cascade error on the benchmark's held-out phantoms is 1.23 +- 0.98 mm per landmark (its
+# model card); the demo's one new phantom comes out at 2.6 mm. A broken model or a coordinate mix-up is off by
+# tens of millimetres.
+DEMO_MEAN_ERROR_LIMIT_MM = 4.0
 
 COMMAND = Path(sys.executable).with_name("cascade-landmarks")
 

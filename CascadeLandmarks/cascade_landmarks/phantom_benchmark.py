@@ -219,7 +219,8 @@ def _report(results: dict[str, dict[str, Evaluation]], plan: BenchmarkSize) -> s
         f"**Measured on synthetic phantoms, not on patients.** Size `{plan.name}`: {plan.training_cases} training "
         f"phantoms (seeds 1-{plan.training_cases}), {plan.test_cases} held-out test phantoms (seeds "
         f"{TEST_SEED_OFFSET + 1}-{TEST_SEED_OFFSET + plan.test_cases}), {plan.stage1_iterations} stage-1 and "
-        f"{plan.stage2_iterations} stage-2 iterations of batch {plan.batch_size}; voxels "
+        f"{plan.stage2_iterations} stage-2 iterations of batch {plan.batch_size} at learning rate 1e-3, then "
+        f"{plan.polish_iterations} stage-2 iterations at {FINE_TUNING_LEARNING_RATE:g}; voxels "
         + ", ".join(f"{kind} {SETTINGS[kind]['spacing_mm'] * plan.voxel_scale:g} mm" for kind in results)
         + ". The paper's figures are means on its patient scans.",
         "",
@@ -330,6 +331,7 @@ def _real_cta_section(model_path: Path, case: Path, device: str) -> str:
     detection = detect(read_volume(volume_path), model, device=device)
     reference = read_landmarks(reference_path)
     lines = [
+        "",
         "## The phantom-trained aortic model on a real CTA",
         "",
         f"`{volume_path}` (a real patient, aortic dissection; reference points from TotalSegmentator masks, good "
