@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..coordinates import Geometry
+from ..landmark_sets import load_landmark_set
 from ..landmarks import Landmarks
 from ..volumes import Volume
 
@@ -375,6 +376,10 @@ class Anatomy:
         for shape, tissue, clip in self.layers:
             canvas.paint(shape, self.tissues[tissue], inside=clip)
         return canvas.finish(np.random.default_rng([self.seed, 1]), blur_mm=self.blur_mm, noise_hu=self.noise_hu)
+
+    def case(self, spacing_mm, field_of_view_mm, landmark_set: str) -> tuple[Volume, Landmarks]:
+        """The rendered volume and the landmarks of ``landmark_set`` (its order and descriptions)."""
+        return self.render(spacing_mm, field_of_view_mm), self.landmarks_of(load_landmark_set(landmark_set))
 
     def landmarks_of(self, landmark_set) -> Landmarks:
         """The landmarks in the set's order, with its descriptions."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..landmark_sets import load_landmark_set
 from ..landmarks import Landmarks
 from ..volumes import Volume
 from .anatomy import Anatomy, Ellipsoid, Pose, Tube, curve, exit_point, rotation, spine, tissue_values
@@ -33,8 +32,7 @@ FIELD_OF_VIEW_MM = (300.0, 250.0, 500.0)
 
 def make_case(seed: int, *, spacing_mm=DEFAULT_SPACING_MM) -> tuple[Volume, Landmarks]:
     """One aortic CTA phantom (int16 HU) and its nine landmarks (LPS mm); the same seed gives the same case."""
-    body = anatomy(seed)
-    return body.render(spacing_mm, FIELD_OF_VIEW_MM), body.landmarks_of(load_landmark_set(LANDMARK_SET))
+    return anatomy(seed).case(spacing_mm, FIELD_OF_VIEW_MM, LANDMARK_SET)
 
 
 def anatomy(seed: int) -> Anatomy:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..landmark_sets import load_landmark_set
 from ..landmarks import Landmarks
 from ..volumes import Volume
 from .anatomy import (
@@ -55,8 +54,7 @@ FIELD_OF_VIEW_MM = (128.0, 128.0, 128.0)
 
 def make_case(seed: int, *, spacing_mm=DEFAULT_SPACING_MM) -> tuple[Volume, Landmarks]:
     """One cardiac CTA phantom (int16 HU) and its five landmarks (LPS mm); the same seed gives the same case."""
-    body = anatomy(seed)
-    return body.render(spacing_mm, FIELD_OF_VIEW_MM), body.landmarks_of(load_landmark_set(LANDMARK_SET))
+    return anatomy(seed).case(spacing_mm, FIELD_OF_VIEW_MM, LANDMARK_SET)
 
 
 def anatomy(seed: int) -> Anatomy:
