@@ -122,18 +122,20 @@ def _build_parser() -> argparse.ArgumentParser:
     sets.add_argument("name", nargs="?", help="a landmark set, e.g. cardiac-5")
     sets.set_defaults(run=_run_sets)
 
-    phantom = commands.add_parser("phantom", help="write synthetic CTA phantoms with exactly known landmarks")
-    phantom.add_argument("kind", choices=sorted(PHANTOMS), help="cardiac (cardiac-5 landmarks) or aortic (aortic-9)")
-    phantom.add_argument("-n", "--cases", type=int, default=1, help="how many cases (default: %(default)s)")
-    phantom.add_argument("-o", "--output", required=True, help="folder to write the cases into")
-    phantom.add_argument("--seed", type=int, default=1, help="seed of the first case; the next ones count up")
-    phantom.add_argument(
+    make_phantoms = commands.add_parser("phantom", help="write synthetic CTA phantoms with exactly known landmarks")
+    make_phantoms.add_argument(
+        "kind", choices=sorted(PHANTOMS), help="cardiac (cardiac-5 landmarks) or aortic (aortic-9)"
+    )
+    make_phantoms.add_argument("-n", "--cases", type=int, default=1, help="how many cases (default: %(default)s)")
+    make_phantoms.add_argument("-o", "--output", required=True, help="folder to write the cases into")
+    make_phantoms.add_argument("--seed", type=int, default=1, help="seed of the first case; the next ones count up")
+    make_phantoms.add_argument(
         "--spacing",
         type=_spacing,
         help="voxel size in mm, one value or three (default: the paper's, 0.4 cardiac, 0.71,0.71,0.81 aortic)",
     )
-    phantom.add_argument("--format", choices=sorted(PHANTOM_FORMATS), default="nrrd", help="volume file format")
-    phantom.set_defaults(run=_run_phantom)
+    make_phantoms.add_argument("--format", choices=sorted(PHANTOM_FORMATS), default="nrrd", help="volume file format")
+    make_phantoms.set_defaults(run=_run_phantom)
 
     demo = commands.add_parser("demo", help="detect with the bundled cardiac model on a new synthetic phantom")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
