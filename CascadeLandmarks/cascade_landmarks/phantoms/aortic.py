@@ -83,7 +83,6 @@ def anatomy(seed: int) -> Anatomy:
     def branch(name, points, start_radius, end_radius=None):
         points = curve(points, step_mm=0.75)
         branches[name] = (points, np.linspace(start_radius, end_radius or start_radius, len(points)))
-        return points
 
     # Arch branches, in order along the arch from the right.
     top = walked[np.argmax(centreline[:, 2])]
