@@ -54,13 +54,14 @@ def test_the_detect_command_writes_one_markups_file_per_volume_and_a_csv(tmp_pat
     volumes = [synthetic_data / "test" / f"case{n}.nrrd" for n in (100, 101)]
     result = subprocess.run(
         [str(BIN / "cascade-landmarks"), "detect", str(trained_model_path), *map(str, volumes),
-         "-o", str(tmp_path / "out"), "--coordinate-system", "RAS", "--quiet"],
+         "-o", str(tmp_path / "out"), "--coordinate-system", "RAS", "--stage2-passes", "2", "--quiet"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     for volume in volumes:
         points = read_landmarks(tmp_path / "out" / volume.name.replace(".nrrd", ".mrk.json"))
-        np.testing.assert_allclose(points.positions_lps, detect(volume, trained_model_path).positions_lps, atol=1e-9)
+        expected = detect(volume, trained_model_path, stage2_passes=2).positions_lps
+        np.testing.assert_allclose(points.positions_lps, expected, atol=1e-9)
     with open(tmp_path / "out" / "detections.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["case"] for row in rows] == ["case100"] * 3 + ["case101"] * 3
@@ -89,3 +90,45 @@ def test_a_coarser_copy_of_the_volume_still_gives_the_points_within_a_millimetre
         detect(volume, trained_model_path).positions_lps - detect(coarse, trained_model_path).positions_lps, axis=1
     )
     assert shift.max() < 1.5
+
+
+def test_each_stage2_pass_starts_from_where_the_last_left_the_point(trained_model_path, synthetic_data):
+    from cascade_landmarks.detector import predict_displacements
+    from cascade_landmarks.modelfile import load_model
+    from cascade_landmarks.preprocessing import Sampler
+
+    model = load_model(trained_model_path)
+    assert model.config.stage2_passes == 1  # the paper's single pass unless the model says otherwise
+    volume = read_volume(synthetic_data / "test" / "case103.nrrd")
+    once, twice = detect(volume, model), detect(volume, model, stage2_passes=2)
+    np.testing.assert_array_equal(once.stage1_lps, twice.stage1_lps)
+    step = predict_displacements(
+        model, Sampler(volume, model.config.intensity), once.positions_lps, select_device("cpu")
+    )
+    np.testing.assert_allclose(twice.positions_lps, once.positions_lps + step, atol=1e-5)
+    # The shift shown to the user is the whole way from stage 1's point; confidence reads the last step only.
+    np.testing.assert_allclose(twice.stage2_shift_mm, np.linalg.norm(twice.positions_lps - twice.stage1_lps, axis=1))
+    with pytest.raises(ValueError, match="at least once"):
+        detect(volume, model, stage2_passes=0)
+
+
+def test_a_model_file_carries_its_pass_count_and_older_files_read_as_one_pass(
+    tmp_path, trained_model_path, synthetic_data
+):
+    import dataclasses
+
+    from cascade_landmarks.config import CascadeConfig
+    from cascade_landmarks.modelfile import load_model, save_model
+
+    model = load_model(trained_model_path)
+    written_before_passes = model.config.to_dict()
+    del written_before_passes["stage2_passes"]
+    assert CascadeConfig.from_dict(written_before_passes).stage2_passes == 1
+    model.config = dataclasses.replace(model.config, stage2_passes=3)
+    save_model(model, tmp_path / "three-passes.pt")
+    volume = synthetic_data / "test" / "case100.nrrd"
+    np.testing.assert_allclose(
+        detect(volume, tmp_path / "three-passes.pt").positions_lps,
+        detect(volume, trained_model_path, stage2_passes=3).positions_lps,
+        atol=1e-6,
+    )

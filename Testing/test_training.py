@@ -3,6 +3,7 @@ and reports bad training data by case name before it starts."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -135,8 +136,9 @@ def test_fine_tuning_starts_from_the_model_and_records_it(tmp_path, trained_mode
     tuned = train(new_cases, tmp_path / "tuned.pt", init_from=trained_model_path,
                   training=TrainingConfig(stage1_iterations=3, stage2_iterations=3, batch_size=1, validate_every=0,
                                           validation_fraction=0, learning_rate=FINE_TUNING_LEARNING_RATE),
-                  progress=False)  # fmt: skip
-    assert tuned.config == before.config
+                  progress=False, config_settings={"stage2_passes": 2, "patch_size": 64})  # fmt: skip
+    # The network settings stay the model's; the pass count, which changes no weights, may be set anew.
+    assert tuned.config == dataclasses.replace(before.config, stage2_passes=2)
     assert tuned.training["fine_tuned_from"] == str(trained_model_path)
     assert tuned.training["previous_training"]["cases"] == before.training["cases"]
     # A few small steps from the trained weights, not a fresh start: as good as the model it came from.
@@ -184,3 +186,24 @@ def _no_leftover_process_group():
     yield
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("near_share", [0.0, 0.5])
+def test_the_near_share_of_stage2_patches_is_centred_close_to_the_landmark(synthetic_data, near_share):
+    from cascade_landmarks.config import CascadeConfig
+    from cascade_landmarks.data import NEAR_RADIUS, check_cases, find_cases, prepare_case, stage2_batch
+
+    config = CascadeConfig.default(SPHERES_SET, stage1_spacing_mm=3.0, stage1_grid=(20, 20, 20),
+                                   stage2_spacing_mm=1.5, patch_size=16, unet_depth=2)  # fmt: skip
+    case = prepare_case(check_cases(find_cases(synthetic_data / "train"), SPHERES_SET)[0], config)
+    rng = np.random.default_rng(0)
+    targets = np.concatenate(
+        [stage2_batch([case], 4, rng, config, near_share=near_share)[1].numpy() for _ in range(100)]
+    )
+    distance = np.linalg.norm(targets, axis=-1)
+    assert distance.max() <= config.stage2_radius_mm + 1e-6
+    near = np.mean(distance <= NEAR_RADIUS * config.stage2_radius_mm)
+    # Uniform in the ball, about 1% of the patches lie that close (7 of ~700 grid offsets); the share adds its own.
+    assert near == pytest.approx(near_share, abs=0.06)
+    with pytest.raises(ValueError, match="stage2_near_share"):
+        TrainingConfig(stage2_near_share=1.5)

@@ -43,6 +43,7 @@ from .volumes import Volume, case_name, read_volume, values_at, write_volume
 
 DEMO_MODEL = "cardiac-5-phantom"
 DEMO_SEED = 20001  # not among the benchmark's training or test seeds
+PASSES_HELP = "how many times stage 2 refines each point, from a patch centred where the last pass left it"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,6 +168,13 @@ def _add_train_parser(commands) -> None:
     schedule.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     schedule.add_argument("--device", default=defaults.device, help="auto, cpu or cuda (default: %(default)s)")
     schedule.add_argument(
+        "--stage2-near-share",
+        type=float,
+        default=defaults.stage2_near_share,
+        help="share of stage-2 training patches centred within a quarter of the stage-2 radius (default: "
+        "%(default)s, uniform in the whole radius); for models detecting with --stage2-passes above 1",
+    )
+    schedule.add_argument(
         "--augmentation",
         choices=sorted(AUGMENTATION_PRESETS),
         default="none",
@@ -183,6 +191,9 @@ def _add_train_parser(commands) -> None:
     model.add_argument("--unet-width", type=int, default=8)
     model.add_argument("--unet-depth", type=int, default=3)
     model.add_argument("--heatmap-sigma", type=float, default=3.0, help="target width in stage-1 voxels")
+    model.add_argument(
+        "--stage2-passes", type=int, help=PASSES_HELP + " (default: 1, the paper; also taken with --init-from)"
+    )
     model.add_argument(
         "--intensity",
         default="fixed:-1000:2000",
@@ -205,6 +216,7 @@ def _run_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         device=args.device,
         augmentation=AUGMENTATION_PRESETS[args.augmentation],
+        stage2_near_share=args.stage2_near_share,
     )
     settings = {
         "stage1_spacing_mm": args.stage1_spacing,
@@ -220,6 +232,8 @@ def _run_train(args: argparse.Namespace) -> int:
     }
     if args.stage2_radius is not None:
         settings["stage2_radius_mm"] = args.stage2_radius
+    if args.stage2_passes is not None:
+        settings["stage2_passes"] = args.stage2_passes
     model = train(
         args.data,
         args.output,
@@ -256,6 +270,7 @@ def _add_detect_parser(commands) -> None:
     parser.add_argument("-o", "--output", required=True, help="folder for the results")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--coordinate-system", choices=["LPS", "RAS"], default="LPS", help="frame of the outputs")
+    parser.add_argument("--stage2-passes", type=int, help=PASSES_HELP + " (default: the model's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_detect)
 
@@ -274,7 +289,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         def report(step: str, fraction: float, index=index, name=name) -> None:
             bar.update(int(100 * (index + fraction)), case=name, step=step)
 
-        detection = detect(path, model, device=args.device, progress=report)
+        detection = detect(path, model, device=args.device, progress=report, stage2_passes=args.stage2_passes)
         write_landmarks(detection.landmarks(), output / f"{name}.mrk.json", coordinate_system=args.coordinate_system)
         detections[name] = detection
         bar.update(100 * (index + 1), flagged=int(detection.flagged.sum()))
@@ -293,6 +308,7 @@ def _add_evaluate_parser(commands) -> None:
     parser.add_argument("-o", "--output", required=True, help="folder for the report")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--no-qc", action="store_true", help="skip the quality-control images")
+    parser.add_argument("--stage2-passes", type=int, help=PASSES_HELP + " (default: the model's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_evaluate)
 
@@ -304,7 +320,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         if not args.no_qc:
             write_png(output / "qc" / f"{name}.png", quality_control_image(volume, reference, detection))
 
-    evaluation = evaluate(args.model, args.data, device=args.device, progress=not args.quiet, on_case=quality_control)
+    evaluation = evaluate(
+        args.model,
+        args.data,
+        device=args.device,
+        progress=not args.quiet,
+        on_case=quality_control,
+        stage2_passes=args.stage2_passes,
+    )
     written = write_tables(evaluation, output)
     written.append(write_error_plot(evaluation, output / "errors.png"))
     print(evaluation.markdown())

@@ -34,6 +34,8 @@ class CascadeConfig:
         stage2_radius_mm: how far from the landmark training patches are centred; at detection, the largest
             correction stage 2 may make.
         displacement: the stage-2 networks (patch size included).
+        stage2_passes: how many times detection runs stage 2, each pass from a patch centred where the last left
+            the point (the paper: once). Changes no weights, so a trained model can be given another count.
         intensity: intensity window applied to every input.
         flag_below: a landmark whose confidence is below this is flagged for checking.
     """
@@ -51,6 +53,7 @@ class CascadeConfig:
     heatmap_height: float = 1.0
     intensity: IntensityWindow = field(default_factory=IntensityWindow)
     flag_below: float = 0.5
+    stage2_passes: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage1_grid", tuple(int(n) for n in self.stage1_grid))
@@ -72,6 +75,8 @@ class CascadeConfig:
             )
         if self.stage1_spacing_mm <= 0 or self.stage2_spacing_mm <= 0 or self.stage2_radius_mm <= 0:
             raise ValueError("Spacings and the stage-2 radius must be positive millimetres.")
+        if self.stage2_passes < 1:
+            raise ValueError(f"stage2_passes must be at least 1, not {self.stage2_passes}.")
         if not 0 < self.heatmap_height <= 1 or self.heatmap_sigma <= 0:
             raise ValueError("Heatmap height must lie in (0, 1] and sigma must be positive.")
 
@@ -141,6 +146,9 @@ class TrainingConfig:
         checkpoint_every: steps between checkpoints.
         device: "auto" (CUDA when available, else CPU), "cpu" or "cuda".
         augmentation: random transforms and intensity changes of the training images (default: none).
+        stage2_near_share: share of stage-2 training patches centred within a quarter of the stage-2 radius of
+            their landmark instead of anywhere within it (default 0: uniform in the whole ball), for the
+            precision of the last pass of a multi-pass detection.
     """
 
     stage1_iterations: int = 11250
@@ -153,12 +161,15 @@ class TrainingConfig:
     checkpoint_every: int = 200
     device: str = "auto"
     augmentation: Augmentation = NO_AUGMENTATION
+    stage2_near_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.stage1_iterations < 0 or self.stage2_iterations < 0 or self.batch_size < 1:
             raise ValueError("Iterations must be zero or more and the batch size at least one.")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction}.")
+        if not 0 <= self.stage2_near_share <= 1:
+            raise ValueError(f"stage2_near_share must lie in [0, 1], got {self.stage2_near_share}.")
         if self.learning_rate <= 0 or self.checkpoint_every < 1 or self.validate_every < 0:
             raise ValueError("learning_rate and checkpoint_every must be positive, validate_every not negative.")
 

@@ -30,6 +30,8 @@ from .landmarks import LANDMARK_SUFFIXES, Landmarks, read_landmarks
 from .preprocessing import Sampler, patch_geometry, stage1_geometry
 from .volumes import case_name, is_volume_path, read_geometry, read_volume
 
+NEAR_RADIUS = 0.25  # "near" stage-2 training patches lie within this share of the stage-2 radius
+
 
 @dataclass(frozen=True)
 class CaseFiles:
@@ -246,21 +248,28 @@ def stage2_batch(
     rng: Generator,
     config: CascadeConfig,
     augmentation: Augmentation = NO_AUGMENTATION,
+    near_share: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Patches (B, N, P, P, P) centred on random points ``q`` near each landmark, and targets ``landmark - q``
-    (B, N, 3) in LPS mm."""
+    (B, N, 3) in LPS mm.
+
+    ``q`` is drawn uniformly in the ball of the stage-2 radius round the landmark; in such a ball few points lie
+    near the middle (1.6% within a quarter of the radius), so a ``near_share`` of the draws is taken from the
+    ball of a quarter the radius instead: that is where the last pass of a multi-pass detection works.
+    """
     patch = config.displacement.patch_size
     spacing = config.stage2_spacing_mm
     patches, targets = [], []
     for _ in range(batch_size):
         case = cases[int(rng.integers(len(cases)))]
         if augmentation.enabled:
-            sample_patches, sample_targets = _augmented_patches(case, augmentation, rng, config)
+            sample_patches, sample_targets = _augmented_patches(case, augmentation, rng, config, near_share)
         else:
             margin = case.margin
             sample_patches, sample_targets = [], []
             for region in case.regions:
-                offset = _offset_in_ball(rng, margin, config.stage2_radius_mm / spacing)  # (i, j, k) voxels
+                radius = _draw_radius(rng, config.stage2_radius_mm, near_share) / spacing
+                offset = _offset_in_ball(rng, margin, radius)  # (i, j, k) voxels
                 i, j, k = offset + margin
                 sample_patches.append(region[k : k + patch, j : j + patch, i : i + patch])
                 sample_targets.append(-offset * spacing)  # the landmark seen from q, along L, P, S
@@ -269,19 +278,28 @@ def stage2_batch(
     return torch.from_numpy(np.stack(patches)), torch.from_numpy(np.stack(targets).astype(np.float32))
 
 
-def _augmented_patches(case: TrainingCase, augmentation: Augmentation, rng: Generator, config: CascadeConfig):
+def _augmented_patches(
+    case: TrainingCase, augmentation: Augmentation, rng: Generator, config: CascadeConfig, near_share: float
+):
     """Stage-2 patches around each landmark of one random transform of the case, and their targets (mm)."""
     transform = case.random_transform(augmentation, rng)
     landmarks = case.landmarks_seen_through(transform)
     patches, targets = [], []
     for position in landmarks:
         direction = rng.normal(size=3)
-        offset = direction / np.linalg.norm(direction) * config.stage2_radius_mm * rng.random() ** (1 / 3)
+        radius = _draw_radius(rng, config.stage2_radius_mm, near_share)
+        offset = direction / np.linalg.norm(direction) * radius * rng.random() ** (1 / 3)
         geometry = patch_geometry(position + offset, config.stage2_spacing_mm, config.displacement.patch_size)
         patch = case.augmenter.sample(geometry, transform)
         patches.append(change_intensity(patch, augmentation, rng, config.stage2_spacing_mm))
         targets.append(-offset)
     return patches, targets
+
+
+def _draw_radius(rng: Generator, radius_mm: float, near_share: float) -> float:
+    """The stage-2 radius, or for a ``near_share`` of the draws a quarter of it (no draw at all when the share is
+    0, so that default training keeps its random sequence)."""
+    return radius_mm * NEAR_RADIUS if near_share > 0 and rng.random() < near_share else radius_mm
 
 
 def _offset_in_ball(rng: Generator, margin: int, radius_voxels: float) -> np.ndarray:

@@ -1,10 +1,14 @@
 """Detection: stage 1 (heatmaps on the whole downsampled volume) -> stage 2 (displacements from full-resolution
 patches) -> points in LPS and RAS with a confidence each.
 
+Stage 2 may run more than once (the model's ``stage2_passes``; the paper runs it once): each pass takes a new
+patch centred where the last one left the point, so a point that stage 1 placed near the edge of stage 2's reach
+is finished from the middle of a patch, where stage 2 is most precise.
+
 Confidence combines two signals a clinician can read: how high the stage-1 heatmap peak is (relative to the
-training target's height), and how far stage 2 had to move the point (relative to the most it may move). Both
-close to their best give a confidence near 1; a landmark below the model's ``flag_below`` is flagged for
-checking.
+training target's height), and how far the last stage-2 pass still moved the point (relative to the most it may
+move). Both close to their best give a confidence near 1; a landmark below the model's ``flag_below`` is flagged
+for checking.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class Detection:
         positions_lps: the cascade's answer, LPS mm, shape (N, 3).
         stage1_lps: stage 1 alone, LPS mm, shape (N, 3).
         heatmap_peak: stage-1 peak height relative to the training target's height, shape (N,).
-        stage2_shift_mm: how far stage 2 moved each point, mm, shape (N,).
+        stage2_shift_mm: how far stage 2 moved each point from stage 1's, over all its passes, mm, shape (N,).
         confidence: in [0, 1], shape (N,); ``flagged`` is ``confidence < flag_below``.
         seconds: time per step ("stage 1 input", "stage 1", "stage 2").
     """
@@ -75,6 +79,7 @@ def detect(
     *,
     device: str = "auto",
     progress: ProgressCallback | None = None,
+    stage2_passes: int | None = None,
 ) -> Detection:
     """Find the model's landmarks in ``volume`` (a :class:`Volume` or a volume file); the volume is not modified.
 
@@ -82,6 +87,7 @@ def detect(
         model: a loaded :class:`CascadeModel` or a model file.
         device: "auto", "cpu" or "cuda" (falls back to the CPU when there is no GPU).
         progress: called with (step description, fraction done) as detection goes.
+        stage2_passes: how many times to run stage 2 (default: the model's ``stage2_passes``).
     """
     report = progress or (lambda _step, _fraction: None)
     if not isinstance(volume, Volume):
@@ -109,21 +115,21 @@ def detect(
 
     started = time.perf_counter()
     report("stage 2: refining", 0.7)
-    displacement = predict_displacements(model, sampler, stage1_lps, torch_device)
+    passes = config.stage2_passes if stage2_passes is None else stage2_passes
+    positions_lps, last_step = refine(model, sampler, stage1_lps, torch_device, passes)
     seconds["stage 2"] = time.perf_counter() - started
     report("done", 1.0)
 
-    shift = np.linalg.norm(displacement, axis=1)
     peak = np.clip(peaks / config.heatmap_height, 0.0, 1.0)
-    agreement = 1.0 - np.clip(shift / config.stage2_radius_mm, 0.0, 1.0) ** 2
+    agreement = 1.0 - np.clip(np.linalg.norm(last_step, axis=1) / config.stage2_radius_mm, 0.0, 1.0) ** 2
     confidence = peak * agreement
     return Detection(
         labels=config.landmark_set.labels,
         descriptions=[d.description for d in config.landmark_set.landmarks],
-        positions_lps=stage1_lps + displacement,
+        positions_lps=positions_lps,
         stage1_lps=stage1_lps,
         heatmap_peak=peak,
-        stage2_shift_mm=shift,
+        stage2_shift_mm=np.linalg.norm(positions_lps - stage1_lps, axis=1),
         confidence=confidence,
         flagged=confidence < config.flag_below,
         seconds=seconds,
@@ -164,6 +170,20 @@ def _sliding_window(network: HeatmapUNet, volume: torch.Tensor, patch: int) -> t
                 total[window] += network(volume[window])[0]
                 count[window] += 1
     return total / count
+
+
+def refine(
+    model: CascadeModel, sampler: Sampler, stage1_lps: np.ndarray, device: torch.device, passes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 2 run ``passes`` times from stage 1's points, each pass from patches centred where the last left the
+    points; returns the points (LPS mm, (N, 3)) and the last pass's displacements ((N, 3))."""
+    if passes < 1:
+        raise ValueError(f"Stage 2 must run at least once, not {passes} times.")
+    points = stage1_lps
+    for _ in range(passes):
+        step = predict_displacements(model, sampler, points, device)
+        points = points + step
+    return points, step
 
 
 def predict_displacements(

@@ -160,8 +160,10 @@ def evaluate(
     device: str = "auto",
     progress: bool = True,
     on_case: Callable[[str, object, Detection, Landmarks], None] | None = None,
+    stage2_passes: int | None = None,
 ) -> Evaluation:
-    """Detect on every case of a folder or manifest (with reference landmarks) and measure the errors.
+    """Detect on every case of a folder or manifest (with reference landmarks) and measure the errors
+    (``stage2_passes``: as :func:`~cascade_landmarks.detector.detect`).
 
     ``on_case(name, volume, detection, reference)`` is called for each case while its volume is loaded (the
     quality-control images use it).
@@ -173,7 +175,7 @@ def evaluate(
     detections, references, names = [], [], []
     for count, case in enumerate(cases, start=1):
         volume = read_volume(case.files.volume)
-        detection = detect(volume, model, device=device)
+        detection = detect(volume, model, device=device, stage2_passes=stage2_passes)
         if on_case is not None:
             on_case(case.files.name, volume, detection, case.landmarks)
         detections.append(detection)

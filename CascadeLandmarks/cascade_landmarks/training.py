@@ -9,6 +9,7 @@ atomically every ``checkpoint_every`` steps beside the output; ``resume=True`` c
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -35,7 +36,7 @@ from .data import (
     stage1_batch,
     stage2_batch,
 )
-from .detector import locate_stage1, predict_displacements
+from .detector import locate_stage1, refine
 from .devices import select_device
 from .landmark_sets import LandmarkSet, load_landmark_set
 from .losses import euclidean_loss, heatmap_loss
@@ -137,7 +138,7 @@ def train(
         landmark_set: the set to train for (a shipped name or a definition file); taken from ``init_from`` or
             the checkpoint when not given.
         config: the model configuration; by default one fitted to the data (:func:`default_config`), with
-            ``config_settings`` passed on to it.
+            ``config_settings`` passed on to it (with ``init_from``, only their ``stage2_passes`` is used).
         training: iterations, batch size, learning rate, seed, validation, checkpoints, device.
         init_from: a model file to fine-tune: its configuration and weights are the starting point.
         resume: continue from the checkpoint beside ``output`` (after a kill), with its configurations.
@@ -161,6 +162,9 @@ def train(
     base_model = load_model(init_from) if init_from is not None and checkpoint is None else None
     if base_model is not None:
         config = base_model.config
+        passes = (config_settings or {}).get("stage2_passes")
+        if passes is not None:  # the one model setting that changes no weights, so fine-tuning may change it
+            config = dataclasses.replace(config, stage2_passes=passes)
 
     if isinstance(landmark_set, str):
         landmark_set = load_landmark_set(landmark_set)
@@ -198,6 +202,7 @@ def train(
         model = model_from_state(checkpoint["model"], source=str(checkpoint_path(output)))
     elif base_model is not None:
         model = base_model
+        model.config = config
     else:
         model = CascadeModel.create(config, seed=training.seed)
     model.to(process.device)
@@ -216,7 +221,9 @@ def train(
         2,
         model.stage2,
         training.stage2_iterations,
-        lambda rng: stage2_batch(training_cases, training.batch_size, rng, config, training.augmentation),
+        lambda rng: stage2_batch(
+            training_cases, training.batch_size, rng, config, training.augmentation, training.stage2_near_share
+        ),
         lambda network, inputs, targets: euclidean_loss(network(inputs), targets),
         lambda: _validation_error(model, validation_cases, process.device, cascade=True),
     )
@@ -356,7 +363,7 @@ def _validation_error(
     for case in cases:
         points, _ = locate_stage1(model, case.stage1_input, case.stage1_grid, device)
         if cascade:
-            points = points + predict_displacements(model, case.sampler, points, device)
+            points, _ = refine(model, case.sampler, points, device, model.config.stage2_passes)
         errors.append(np.linalg.norm(points - case.landmarks_lps, axis=1))
     return float(np.mean(errors))
 
