@@ -102,7 +102,7 @@ def test_every_rater_file_loads_as_the_32_afids(shared_data):
 
 
 def test_the_afids_bars_match_the_figures_measured_for_this_pair(shared_data):
-    from cascade_landmarks.benchmarks import afids_reference_errors
+    from cascade_landmarks.afids_benchmark import afids_reference_errors
 
     _, raters_mm, no_model_mm = afids_reference_errors(shared_data)
     # Stated in the AFIDs issue, measured independently on exactly these files.

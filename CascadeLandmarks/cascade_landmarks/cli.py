@@ -105,6 +105,9 @@ def _build_parser() -> argparse.ArgumentParser:
     afids.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
     afids.add_argument("-o", "--output", default="afids-report", help="report folder (default: %(default)s)")
     afids.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    afids.add_argument(
+        "--bundle", action="store_true", help="ship the model with a card if it clearly beats the reference points"
+    )
     afids.set_defaults(run=_run_benchmark_afids)
 
     info = commands.add_parser("info", help="show a volume's geometry and where landmarks fall in it")
@@ -355,9 +358,9 @@ def _run_benchmark_speed(args: argparse.Namespace) -> int:
 
 
 def _run_benchmark_afids(args: argparse.Namespace) -> int:
-    from .benchmarks import afids_benchmark
+    from .afids_benchmark import afids_benchmark
 
-    print(afids_benchmark(args.data, args.model, args.output, device=args.device))
+    print(afids_benchmark(args.data, args.model, args.output, device=args.device, bundle=args.bundle))
     return 0
 
 

@@ -1,0 +1,185 @@
+"""The AFIDs task of issue 6: an ``afids-32`` model trained on the MNI152 2009c template alone, scored on Colin27
+(a brain it never saw) against the 32 consensus fiducials, beside two bars measured on exactly this pair: the
+template's fiducials copied onto Colin27 with no model, and the human raters' own distance to the consensus.
+Run with ``cascade-landmarks benchmark-afids MODEL``; ``--bundle`` ships the model when it clearly beats the
+reference points.
+
+Colin27's header: the AFIDs were placed on the MNI distribution of Colin27, whose origin is (-90, -126, -72)
+RAS; the shipped ``ch2.nii.gz`` says (-90, -125, -71) (``shared/data/README.md``, which finds the commissures'
+fibre bundles about a voxel above the consensus points, as a 1 mm offset along z would put them). Both headers
+are scored; the MNI origin, the frame the fiducials were placed in, is the one a model is judged by.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .coordinates import Geometry
+from .landmark_sets import load_landmark_set
+from .volumes import Volume
+
+COLIN27 = Path("real") / "afids-colin27"
+MNI152 = Path("real") / "afids-mni152nlin2009casym"
+COLIN27_MNI_ORIGIN_LPS = (90.0, 126.0, -72.0)
+JUDGED_VARIANT = "MNI origin"
+# The landmarker package (3D spatial-configuration net, MONAI augmentation, 45 minutes of CPU training on the
+# template), scored on this pair as reported in issue 6: mean and median error in mm.
+LANDMARKER_MM = {"mean": 3.77, "median": 3.19}
+# "Clearly beats": a mean at least this much below the better of the two reference points.
+BUNDLE_MARGIN_MM = 0.5
+BUNDLED_NAME = "afids-32-mni152"
+
+
+def afids_benchmark(
+    data: str | Path, model_path: str | Path, output: str | Path, *, device: str = "auto", bundle: bool = False
+) -> str:
+    """Score an afids-32 model on Colin27 (never used for training), beside the raters and the no-model bar.
+
+    Writes, per header variant, ``errors.md``/``.csv``, ``errors.png`` and a QC image into ``output``, and
+    ``summary.md``; returns the summary. With ``bundle``, ships the model in ``Resources/Models`` with a model
+    card if its cascade beats both reference points by ``BUNDLE_MARGIN_MM``, and says so either way.
+    """
+    from .atomic_files import write_text_atomically
+    from .detector import detect
+    from .evaluation import Evaluation, write_tables
+    from .figures import quality_control_image, write_error_plot, write_png
+    from .volumes import read_volume
+
+    data, output = Path(data), Path(output)
+    afids = load_landmark_set("afids-32")
+    reference, raters_mm, no_model_mm = afids_reference_errors(data)
+
+    shipped = read_volume(data / COLIN27 / "ch2.nii.gz")
+    g = shipped.geometry
+    variants = {
+        "header as shipped": shipped,
+        JUDGED_VARIANT: Volume(shipped.array, Geometry(g.size, g.spacing, COLIN27_MNI_ORIGIN_LPS, g.direction)),
+    }
+    lines = [
+        "AFIDs on Colin27 (a brain the model never saw), 32 fiducials, errors in mm to the consensus.",
+        f"Model: {model_path}. Human bar: {len(raters_mm)} rater sessions placing the same fiducials.",
+        "",
+        f"{'':34s}{'mean':>8s}{'median':>8s}{'<=2 mm':>8s}{'<=4 mm':>8s}",
+        _summary_line("no model (template coordinates)", no_model_mm),
+        _summary_line("human raters", raters_mm),
+    ]
+    judged = None
+    for name, volume in variants.items():
+        detection = detect(volume, model_path, device=device)
+        errors = {
+            "stage1": np.linalg.norm(detection.stage1_lps - reference.positions_lps, axis=1)[None],
+            "cascade": np.linalg.norm(detection.positions_lps - reference.positions_lps, axis=1)[None],
+        }
+        evaluation = Evaluation(
+            labels=afids.labels,
+            case_names=["colin27"],
+            errors_mm=errors,
+            confidence=detection.confidence[None],
+            flagged=detection.flagged[None],
+            detections=[detection],
+            references=[reference],
+            raters_mm=raters_mm,
+        )
+        folder = output / name.replace(" ", "-")
+        write_tables(evaluation, folder)
+        write_error_plot(evaluation, folder / "errors.png", title=f"AFIDs on Colin27, {name}: mean error (mm)")
+        write_png(folder / "qc-colin27.png", quality_control_image(volume, reference, detection))
+        lines.append(_summary_line(f"stage 1, {name}", errors["stage1"]))
+        lines.append(_summary_line(f"cascade, {name}", errors["cascade"]))
+        if name == JUDGED_VARIANT:
+            judged = errors["cascade"].ravel()
+    summary = "\n".join(lines)
+    if bundle:
+        summary += "\n\n" + _bundle(model_path, summary, judged, no_model_mm)
+    write_text_atomically(output / "summary.md", summary + "\n")
+    return summary
+
+
+def afids_reference_errors(data: str | Path):
+    """The Colin27 consensus fiducials (LPS), each rater placement's distance to them (placements, 32), and the
+    no-model bar: the template's fiducials copied onto Colin27 at the same coordinates (32,)."""
+    from .landmarks import read_landmarks
+
+    data = Path(data)
+    afids = load_landmark_set("afids-32")
+    reference = afids.match(read_landmarks(data / COLIN27 / "tpl-MNIColin27_desc-groundtruth_afids.fcsv"))
+    rater_files = sorted((data / COLIN27 / "raters").glob("*.fcsv"))
+    raters = np.stack([afids.match(read_landmarks(p), source=p.name).positions_lps for p in rater_files])
+    template = afids.match(read_landmarks(data / MNI152 / "tpl-MNI152NLin2009cAsym_res-01_desc-groundtruth_afids.fcsv"))
+    raters_mm = np.linalg.norm(raters - reference.positions_lps, axis=-1)
+    no_model_mm = np.linalg.norm(template.positions_lps - reference.positions_lps, axis=-1)
+    return reference, raters_mm, no_model_mm
+
+
+def _bundle(model_path, summary: str, cascade_mm: np.ndarray, no_model_mm: np.ndarray) -> str:
+    from .model_registry import add_bundled_model
+    from .modelfile import load_model
+
+    bar = min(float(no_model_mm.mean()), LANDMARKER_MM["mean"])
+    if cascade_mm.mean() > bar - BUNDLE_MARGIN_MM:
+        return (
+            f"Not bundled: the cascade's mean error on Colin27 ({JUDGED_VARIANT}), {cascade_mm.mean():.2f} mm, is not "
+            f"{BUNDLE_MARGIN_MM} mm below the better reference point ({bar:.2f} mm)."
+        )
+    model = load_model(model_path)
+    add_bundled_model(
+        model_path,
+        BUNDLED_NAME,
+        _model_card(model, summary),
+        description="AFIDs, 32 brain fiducials in T1 MRI; trained on the MNI152 2009c template alone",
+    )
+    return f"Bundled as {BUNDLED_NAME} in Resources/Models, with its model card."
+
+
+def _model_card(model, summary: str) -> str:
+    config, training = model.config, model.training
+    previous = training.get("previous_training") or training
+    run, last = previous["training_config"], training["training_config"]
+    polish = (
+        ""
+        if previous is training
+        else f"; then stage 2 for {last['stage2_iterations']} more at learning rate {last['learning_rate']:g}, "
+        f"{last.get('stage2_near_share', 0):.0%} of its patches within a quarter of the radius"
+    )
+    return "\n".join(
+        [
+            f"# {BUNDLED_NAME}: AFIDs anatomical fiducials (32) in brain T1 MRI",
+            "",
+            "Trained on **one image**, the MNI152 2009c asymmetric template T1 (1 mm) with its expert AFIDs, "
+            "with random affine, elastic, mirror (paired labels swapped) and intensity augmentation. Scored on "
+            "Colin27, a different brain it never saw (never used for training or tuning), against the "
+            "consensus of the AFIDs raters. A research model: not for clinical use; check every point.",
+            "",
+            "## Training",
+            f"- Stage 1: whole-image U-Net (width {config.unet.width}, depth {config.unet.depth}) on a "
+            f"{' x '.join(map(str, config.stage1_grid))} grid of {config.stage1_spacing_mm:g} mm voxels, heatmap "
+            f"sigma {config.heatmap_sigma:g} voxels; intensity {config.intensity.mode} {config.intensity.low:g}-"
+            f"{config.intensity.high:g}; {run['stage1_iterations']} iterations.",
+            f"- Stage 2: one CNN per fiducial on {config.displacement.patch_size}^3 patches of "
+            f"{config.stage2_spacing_mm:g} mm, corrections up to {config.stage2_radius_mm:g} mm per pass, "
+            f"{config.stage2_passes} pass(es) at detection; {run['stage2_iterations']} iterations.",
+            f"- Adam, learning rate {run['learning_rate']:g}, batch {run['batch_size']}, seed {run['seed']}{polish}; "
+            f"{(previous['seconds'] + (0 if previous is training else training['seconds'])) / 60:.0f} minutes "
+            f"on {previous['device']} (torch {previous['torch']}, cascade_landmarks {previous['cascade_landmarks']}).",
+            "",
+            "## On Colin27 (`cascade-landmarks benchmark-afids`)",
+            "",
+            "```",
+            summary,
+            "```",
+            "",
+            "Colin27's header is uncertain by about 1 mm (see `shared/data/README.md`); both headers are scored, "
+            f"the model is judged with the '{JUDGED_VARIANT}' one, the frame the fiducials were placed in.",
+            "",
+        ]
+    )
+
+
+def _summary_line(name: str, errors_mm: np.ndarray) -> str:
+    values = np.asarray(errors_mm).ravel()
+    return (
+        f"{name:34s}{values.mean():8.2f}{np.median(values):8.2f}"
+        f"{100 * np.mean(values <= 2):7.0f}%{100 * np.mean(values <= 4):7.0f}%"
+    )

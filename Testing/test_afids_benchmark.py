@@ -1,0 +1,81 @@
+"""``cascade-landmarks benchmark-afids``: an afids-32 model scored on Colin27 beside the human raters and the
+no-model bar, with the reports a user reads, and shipped only when it clearly beats the reference points.
+
+The model here is trained for a handful of iterations on the MNI template (the real one, with augmentation):
+its errors mean nothing and are not checked, only what the benchmark writes and decides.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from cascade_landmarks import afids_benchmark, model_registry
+from cascade_landmarks.afids_benchmark import BUNDLED_NAME, JUDGED_VARIANT
+from cascade_landmarks.augmentation import PRESETS
+from cascade_landmarks.config import TrainingConfig
+from cascade_landmarks.model_registry import available_models
+from cascade_landmarks.preprocessing import IntensityWindow
+from cascade_landmarks.training import train
+
+MNI = "real/afids-mni152nlin2009casym/tpl-MNI152NLin2009cAsym_res-01"
+
+
+@pytest.fixture(scope="module")
+def afids_model(shared_data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("afids")
+    manifest = folder / "train.csv"
+    manifest.write_text(f"case,volume,landmarks\nmni152,{shared_data / MNI}_T1w.nii.gz,"
+                        f"{shared_data / MNI}_desc-groundtruth_afids.fcsv\n")  # fmt: skip
+    training = TrainingConfig(stage1_iterations=3, stage2_iterations=3, batch_size=1, validation_fraction=0,
+                              validate_every=0, augmentation=PRESETS["one-shot"])  # fmt: skip
+    settings = {"stage1_spacing_mm": 12.0, "patch_size": 16, "unet_depth": 2, "stage2_radius_mm": 8.0,
+                "intensity": IntensityWindow("percentile", 0.5, 99.5)}  # fmt: skip
+    train(manifest, folder / "afids.pt", landmark_set="afids-32", training=training, config_settings=settings,
+          progress=False)  # fmt: skip
+    return folder / "afids.pt"
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    models = tmp_path / "Models"
+    models.mkdir()
+    (models / "registry.json").write_text(json.dumps({"description": "test", "models": []}))
+    monkeypatch.setattr(model_registry, "resource_path", lambda *parts: tmp_path.joinpath(*parts))
+    monkeypatch.setenv(model_registry.USER_FOLDER_VARIABLE, str(tmp_path / "home"))
+    return models
+
+
+def test_the_report_puts_the_model_beside_the_raters_and_the_no_model_bar(afids_model, shared_data, tmp_path, shipped):
+    summary = afids_benchmark.afids_benchmark(shared_data, afids_model, tmp_path / "report", bundle=True)
+    lines = {line[:34].strip(): line[34:].split() for line in summary.splitlines() if line[:1].strip()}
+    assert lines["no model (template coordinates)"][:2] == ["4.05", "3.07"]  # the issue's figures for this pair
+    assert lines["human raters"][:2] == ["1.71", "0.91"]
+    for variant in ("header as shipped", JUDGED_VARIANT):
+        assert f"stage 1, {variant}" in lines
+        assert f"cascade, {variant}" in lines
+        folder = tmp_path / "report" / variant.replace(" ", "-")
+        with open(folder / "errors.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert len([r for r in rows if r["landmark"] not in ("all", "")]) == 32
+        assert {"raters_mean"} <= set(rows[0])  # the human bar per fiducial, beside the model
+        assert (folder / "errors.png").stat().st_size > 0
+        assert (folder / "qc-colin27.png").stat().st_size > 0
+    # A model trained for six iterations beats nothing: it is not shipped, and the user is told why.
+    assert "Not bundled" in summary
+    assert available_models() == []
+    assert (tmp_path / "report" / "summary.md").read_text() == summary + "\n"
+
+
+def test_a_model_that_clears_the_bar_is_shipped_with_its_card(afids_model, shared_data, tmp_path, shipped, monkeypatch):
+    monkeypatch.setattr(afids_benchmark, "BUNDLE_MARGIN_MM", -1000.0)  # let this untrained model through the gate
+    summary = afids_benchmark.afids_benchmark(shared_data, afids_model, tmp_path / "report", bundle=True)
+    assert f"Bundled as {BUNDLED_NAME}" in summary
+    (entry,) = available_models()
+    assert (entry.name, entry.landmark_set) == (BUNDLED_NAME, "afids-32")
+    card = (shipped / entry.card).read_text()
+    assert "one image" in card
+    assert "never used for training or tuning" in card
+    assert "human raters" in card  # the Colin27 figures are in the card
