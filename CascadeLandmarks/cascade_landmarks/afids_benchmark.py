@@ -134,15 +134,13 @@ def _bundle(model_path, summary: str, cascade_mm: np.ndarray, no_model_mm: np.nd
 
 
 def _model_card(model, summary: str) -> str:
-    config, training = model.config, model.training
-    previous = training.get("previous_training") or training
-    run, last = previous["training_config"], training["training_config"]
-    polish = (
-        ""
-        if previous is training
-        else f"; then stage 2 for {last['stage2_iterations']} more at learning rate {last['learning_rate']:g}, "
-        f"{last.get('stage2_near_share', 0):.0%} of its patches within a quarter of the radius"
-    )
+    config = model.config
+    runs = []  # the training runs that made the model, oldest first (fine-tuning links each to the one before)
+    training = model.training
+    while training:
+        runs.append(training)
+        training = training.get("previous_training")
+    runs.reverse()
     return "\n".join(
         [
             f"# {BUNDLED_NAME}: AFIDs anatomical fiducials (32) in brain T1 MRI",
@@ -152,17 +150,17 @@ def _model_card(model, summary: str) -> str:
             "Colin27, a different brain it never saw (never used for training or tuning), against the "
             "consensus of the AFIDs raters. A research model: not for clinical use; check every point.",
             "",
-            "## Training",
+            "## Model",
             f"- Stage 1: whole-image U-Net (width {config.unet.width}, depth {config.unet.depth}) on a "
             f"{' x '.join(map(str, config.stage1_grid))} grid of {config.stage1_spacing_mm:g} mm voxels, heatmap "
             f"sigma {config.heatmap_sigma:g} voxels; intensity {config.intensity.mode} {config.intensity.low:g}-"
-            f"{config.intensity.high:g}; {run['stage1_iterations']} iterations.",
+            f"{config.intensity.high:g}.",
             f"- Stage 2: one CNN per fiducial on {config.displacement.patch_size}^3 patches of "
             f"{config.stage2_spacing_mm:g} mm, corrections up to {config.stage2_radius_mm:g} mm per pass, "
-            f"{config.stage2_passes} pass(es) at detection; {run['stage2_iterations']} iterations.",
-            f"- Adam, learning rate {run['learning_rate']:g}, batch {run['batch_size']}, seed {run['seed']}{polish}; "
-            f"{(previous['seconds'] + (0 if previous is training else training['seconds'])) / 60:.0f} minutes "
-            f"on {previous['device']} (torch {previous['torch']}, cascade_landmarks {previous['cascade_landmarks']}).",
+            f"{config.stage2_passes} pass(es) at detection.",
+            "",
+            "## Training runs (Adam; each run starts from the one before)",
+            *[_run_line(run) for run in runs],
             "",
             "## On Colin27 (`cascade-landmarks benchmark-afids`)",
             "",
@@ -174,6 +172,20 @@ def _model_card(model, summary: str) -> str:
             f"the model is judged with the '{JUDGED_VARIANT}' one, the frame the fiducials were placed in.",
             "",
         ]
+    )
+
+
+def _run_line(run: dict) -> str:
+    from .augmentation import PRESETS
+
+    settings = run["training_config"]
+    augmentation = next((n for n, p in PRESETS.items() if p.to_dict() == settings.get("augmentation")), "custom")
+    stopped = f" ({run['stopped']})" if run.get("stopped") else ""
+    return (
+        f"- {settings['stage1_iterations']} stage-1 and {settings['stage2_iterations']} stage-2 iterations, batch "
+        f"{settings['batch_size']}, learning rate {settings['learning_rate']:g}, augmentation {augmentation}, "
+        f"{settings.get('stage2_near_share', 0):.0%} of stage-2 patches within a quarter of the radius; about "
+        f"{run.get('seconds', 0) / 60:.0f} minutes on {run.get('device', 'cpu')}{stopped}."
     )
 
 

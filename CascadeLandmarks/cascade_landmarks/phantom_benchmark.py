@@ -73,7 +73,7 @@ SIZES = {
         test_cases=10,
         stage1_iterations=3000,
         stage2_iterations=2500,
-        polish_iterations={"cardiac": 10000, "aortic": 2500},
+        polish_iterations={"cardiac": 10000, "aortic": 5000},
     ),
     "quick": BenchmarkSize(
         "quick",
