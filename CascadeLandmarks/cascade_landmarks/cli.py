@@ -198,6 +198,13 @@ def _add_train_parser(commands) -> None:
         "--stage2-passes", type=int, help=PASSES_HELP + " (default: 1, the paper; also taken with --init-from)"
     )
     model.add_argument(
+        "--mirror-stage1",
+        action="store_true",
+        default=None,
+        help="test-time left/right mirroring of stage 1 with twin labels swapped, for symmetric anatomy such as "
+        "the brain (also taken with --init-from)",
+    )
+    model.add_argument(
         "--intensity",
         default="fixed:-1000:2000",
         help="fixed:LOW:HIGH (HU) or percentile:LOW:HIGH (default: %(default)s)",
@@ -237,6 +244,8 @@ def _run_train(args: argparse.Namespace) -> int:
         settings["stage2_radius_mm"] = args.stage2_radius
     if args.stage2_passes is not None:
         settings["stage2_passes"] = args.stage2_passes
+    if args.mirror_stage1:
+        settings["mirror_stage1"] = True
     model = train(
         args.data,
         args.output,

@@ -11,6 +11,8 @@ from .models import DisplacementCNNConfig, HeatmapUNetConfig
 from .preprocessing import IntensityWindow
 
 STAGE1_MODES = ("whole", "patch")
+# Settings that change no weights: fine-tuning (``--init-from``) may set them anew.
+DETECTION_SETTINGS = ("stage2_passes", "mirror_stage1")
 # Fine-tuning starts a fresh Adam from trained weights; at the training rate (1e-3) its first steps undo much of
 # what was learnt (seen on the test model: 0.35 mm to 2.7 mm mean error in three steps), so it goes ten times slower.
 FINE_TUNING_LEARNING_RATE = 1e-4
@@ -36,6 +38,9 @@ class CascadeConfig:
         displacement: the stage-2 networks (patch size included).
         stage2_passes: how many times detection runs stage 2, each pass from a patch centred where the last left
             the point (the paper: once). Changes no weights, so a trained model can be given another count.
+        mirror_stage1: average stage 1's heatmaps with those of the left/right mirrored volume, twin channels
+            swapped (test-time mirroring; for left/right symmetric anatomy such as the brain, not for CTA of the
+            heart). Changes no weights either.
         intensity: intensity window applied to every input.
         flag_below: a landmark whose confidence is below this is flagged for checking.
     """
@@ -54,6 +59,7 @@ class CascadeConfig:
     intensity: IntensityWindow = field(default_factory=IntensityWindow)
     flag_below: float = 0.5
     stage2_passes: int = 1
+    mirror_stage1: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage1_grid", tuple(int(n) for n in self.stage1_grid))

@@ -139,8 +139,17 @@ def detect(
 def locate_stage1(
     model: CascadeModel, stage1_input: np.ndarray, grid: Geometry, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 1's points (LPS mm, shape (N, 3)) and heatmap peak heights (N,) for an input on ``grid``."""
-    heatmaps = predict_heatmaps(model.stage1, stage1_input, model.config, device)
+    """Stage 1's points (LPS mm, shape (N, 3)) and heatmap peak heights (N,) for an input on ``grid``.
+
+    With the model's ``mirror_stage1``, the heatmaps are averaged with those of the left/right mirrored input,
+    mirrored back, each landmark read from its twin's channel (the grid is LPS-aligned, so i runs right to left).
+    """
+    config = model.config
+    heatmaps = predict_heatmaps(model.stage1, stage1_input, config, device)
+    if config.mirror_stage1:
+        mirrored = predict_heatmaps(model.stage1, np.ascontiguousarray(stage1_input[..., ::-1]), config, device)
+        twins = config.landmark_set.twin_permutation()
+        heatmaps[1:] = (heatmaps[1:] + mirrored[1:][twins][..., ::-1]) / 2
     indices, peaks = decode_peaks(heatmaps[1:])
     return grid.index_to_lps(indices), peaks
 

@@ -25,7 +25,7 @@ from torch import distributed, nn
 
 from . import __version__
 from .atomic_files import atomic_path
-from .config import CascadeConfig, TrainingConfig
+from .config import DETECTION_SETTINGS, CascadeConfig, TrainingConfig
 from .data import (
     CheckedCase,
     TrainingCase,
@@ -138,7 +138,7 @@ def train(
         landmark_set: the set to train for (a shipped name or a definition file); taken from ``init_from`` or
             the checkpoint when not given.
         config: the model configuration; by default one fitted to the data (:func:`default_config`), with
-            ``config_settings`` passed on to it (with ``init_from``, only their ``stage2_passes`` is used).
+            ``config_settings`` passed on to it (with ``init_from``, only their ``DETECTION_SETTINGS``).
         training: iterations, batch size, learning rate, seed, validation, checkpoints, device.
         init_from: a model file to fine-tune: its configuration and weights are the starting point.
         resume: continue from the checkpoint beside ``output`` (after a kill), with its configurations.
@@ -162,9 +162,8 @@ def train(
     base_model = load_model(init_from) if init_from is not None and checkpoint is None else None
     if base_model is not None:
         config = base_model.config
-        passes = (config_settings or {}).get("stage2_passes")
-        if passes is not None:  # the one model setting that changes no weights, so fine-tuning may change it
-            config = dataclasses.replace(config, stage2_passes=passes)
+        changes = {k: v for k, v in (config_settings or {}).items() if k in DETECTION_SETTINGS and v is not None}
+        config = dataclasses.replace(config, **changes)
 
     if isinstance(landmark_set, str):
         landmark_set = load_landmark_set(landmark_set)
