@@ -200,7 +200,6 @@ def _add_train_parser(commands) -> None:
     model.add_argument(
         "--mirror-stage1",
         action="store_true",
-        default=None,
         help="test-time left/right mirroring of stage 1 with twin labels swapped, for symmetric anatomy such as "
         "the brain (also taken with --init-from)",
     )
