@@ -81,9 +81,12 @@ def _train_command(data: Path, output: Path, *extra: str) -> list[str]:
             *TINY_FLAGS, *extra]  # fmt: skip
 
 
-def test_a_killed_training_resumes_where_it_stopped_and_ends_as_if_never_stopped(tmp_path, synthetic_data):
+def test_a_killed_training_resumes_where_it_stopped_and_ends_as_if_never_stopped(
+    tmp_path, synthetic_data, trained_model_path
+):
     data = synthetic_data / "train"
-    schedule = ["--stage1-iterations", "60", "--stage2-iterations", "40", "--checkpoint-every", "5"]
+    schedule = ["--stage1-iterations", "60", "--stage2-iterations", "40", "--checkpoint-every", "5",
+                "--init-from", str(trained_model_path)]  # fmt: skip
     killed = tmp_path / "killed.pt"
     process = subprocess.Popen(_train_command(data, killed, *schedule), stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -100,13 +103,20 @@ def test_a_killed_training_resumes_where_it_stopped_and_ends_as_if_never_stopped
     assert forgot.returncode == 2
     assert "add --resume to continue it" in forgot.stderr  # starting afresh would throw the progress away
 
+    started = time.monotonic()
     resumed = subprocess.run([*_train_command(data, killed, *schedule), "--resume"], capture_output=True, text=True)
+    resume_seconds = time.monotonic() - started
     assert resumed.returncode == 0, resumed.stderr
     assert not checkpoint_path(killed).exists()
 
     uninterrupted = tmp_path / "uninterrupted.pt"
     subprocess.run(_train_command(data, uninterrupted, *schedule), check=True, capture_output=True)
     _assert_same_weights(_state(load_model(killed)), _state(load_model(uninterrupted)))
+    # The model's record covers the whole run: the time before the kill, and the model it was fine-tuned from.
+    record = load_model(killed).training
+    assert stopped_at["seconds"] < record["seconds"] < stopped_at["seconds"] + resume_seconds
+    assert record["fine_tuned_from"] == str(trained_model_path)
+    assert record["previous_training"] == load_model(trained_model_path).training
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path, synthetic_data):

@@ -206,7 +206,13 @@ def train(
         model = CascadeModel.create(config, seed=training.seed)
     model.to(process.device)
 
-    run = _Run(output, config, training, process, model, names, progress, checkpoint)
+    lineage = {
+        "fine_tuned_from": None if init_from is None else str(init_from),
+        "previous_training": None if base_model is None else base_model.training,
+    }
+    if checkpoint is not None and "lineage" in checkpoint:  # what the killed run had been started from
+        lineage = json.loads(checkpoint["lineage"])
+    run = _Run(output, config, training, process, model, names, progress, checkpoint, lineage, started)
     history = run.history
     stage1_error = run.optimise(
         1,
@@ -238,13 +244,12 @@ def train(
         "cases": {"training": training_names, "validation": validation_names},
         "spacing_mm": _spacing_summary(checked),
         "training_config": training.to_dict(),
-        "fine_tuned_from": None if init_from is None else str(init_from),
-        "previous_training": None if base_model is None else base_model.training,
+        **lineage,
         "validation_error_mm": {"stage1": stage1_error, "cascade": cascade_error},
         "history": history,
         "processes": process.world_size,
         "device": str(process.device),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(run.seconds(), 1),
     }
     if process.is_main:
         save_model(model, output)
@@ -256,7 +261,7 @@ def train(
 class _Run:
     """The optimisation loop shared by both stages, with validation, checkpoints and progress."""
 
-    def __init__(self, output, config, training, process, model, case_names, progress, checkpoint):
+    def __init__(self, output, config, training, process, model, case_names, progress, checkpoint, lineage, started):
         self.output = output
         self.config = config
         self.training = training
@@ -266,6 +271,14 @@ class _Run:
         self.progress = progress and process.is_main
         self.checkpoint = checkpoint
         self.history: list[dict] = [] if checkpoint is None else json.loads(checkpoint["history"])
+        self.lineage = lineage
+        # Training time counts the killed run's time up to its checkpoint, so a resumed model reports the whole.
+        self._seconds_before = 0.0 if checkpoint is None else float(checkpoint.get("seconds", 0.0))
+        self._started = started
+
+    def seconds(self) -> float:
+        """Training time so far, including the time of a killed run up to its checkpoint."""
+        return self._seconds_before + time.perf_counter() - self._started
 
     def optimise(
         self,
@@ -331,6 +344,8 @@ class _Run:
                 "training": json.dumps(self.training.to_dict()),
                 "cases": json.dumps(self.case_names),
                 "history": json.dumps(self.history),
+                "lineage": json.dumps(self.lineage),
+                "seconds": self.seconds(),
                 "model": self.model.state(),
                 "optimizer": optimizer.state_dict(),
             }
