@@ -180,6 +180,8 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.progressBar.value = 100
         self.ui.statusLabel.text = run.status
+        if run.warnings:
+            slicer.util.warningDisplay("\n\n".join(run.warnings), windowTitle="Cascade Landmarks")
         if hasattr(result, "GetID"):  # a detection gives a point list
             self.ui.outputPointListSelector.setCurrentNode(result)
             self.setPointListNode(result)
@@ -348,10 +350,14 @@ class CascadeLandmarksLogic(ScriptedLoadableModuleLogic):
             wait: block until done and return the point-list node; otherwise return the run at once and call
                 ``finishedCallback(node)`` when done (``finishedCallback(None)`` on failure or cancel).
             progressCallback: called with (fraction done, status line) as detection goes.
+
+        Warnings about the volume (a field of view unlike the model's training scans) go to the log.
         """
         run = self.startDetection(volumeNode, model, outputNode=outputNode, device=device)
         if wait:
-            return run.wait(progress=progressCallback)
+            node = run.wait(progress=progressCallback)
+            self._logWarnings(run)
+            return node
         timer = qt.QTimer()
         timer.setInterval(200)
 
@@ -363,6 +369,7 @@ class CascadeLandmarksLogic(ScriptedLoadableModuleLogic):
                 timer.stop()
                 try:
                     node = None if run.command.cancelled else run.finish()
+                    self._logWarnings(run)
                 except ValueError as error:
                     logging.error(str(error))
                     node = None
@@ -373,6 +380,11 @@ class CascadeLandmarksLogic(ScriptedLoadableModuleLogic):
         run.timer = timer  # keep the timer alive as long as the run
         timer.start()
         return run
+
+    @staticmethod
+    def _logWarnings(run):
+        for warning in run.warnings:
+            logging.warning(warning)
 
     def landmarkRows(self, pointListNode):
         from cascade_landmarks.slicer_workflow import detection_rows

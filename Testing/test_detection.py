@@ -152,3 +152,23 @@ def test_test_time_mirroring_makes_stage1_exactly_mirror_symmetric(tmp_path, tra
     # Averaging each heatmap with its mirror image makes stage 1 answer the mirrored volume with the mirrored
     # points exactly, whatever the network learnt; without it, only as well as it learnt.
     np.testing.assert_allclose(reflected, points, atol=1e-3)
+
+
+def test_a_field_of_view_unlike_the_training_scans_is_warned_about(tmp_path, trained_model_path):
+    from cascade_landmarks import write_volume
+    from cascade_landmarks.phantoms.spheres import make_case
+
+    # The model's stage 1 covers 60 mm along each axis (20 voxels of 3 mm), like its training cases.
+    like_training, _ = make_case(7, size=(40, 40, 40))
+    assert detect(like_training, trained_model_path).warnings == []
+    larger, _ = make_case(7, size=(40, 40, 80))  # 120 mm along S
+    [warning] = detect(larger, trained_model_path).warnings
+    assert "covers 60 x 60 x 120 mm (L x P x S), much more than" in warning
+    assert "Crop the volume" in warning
+
+    tight = write_volume(make_case(7, size=(40, 40, 12))[0], tmp_path / "tight.nrrd")  # 18 mm along S
+    result = subprocess.run([str(BIN / "cascade-landmarks"), "detect", str(trained_model_path), str(tight), "-o",
+                             str(tmp_path / "out"), "--quiet"], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Warning: tight: The volume covers 60 x 60 x 18 mm (L x P x S), much less than" in result.stderr
+    assert "Check every point" in result.stderr

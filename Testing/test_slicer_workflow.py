@@ -73,6 +73,18 @@ def test_detect_gives_a_labelled_point_list_equal_to_the_cli_output(
     assert all(0.0 <= f <= 1.0 for f in progress)
 
 
+def test_a_tight_field_of_view_is_reported_with_the_points(mrml_scene, trained_model_path, tmp_path):
+    from cascade_landmarks.phantoms.spheres import make_case
+
+    tight = write_volume(make_case(7, size=(40, 40, 12))[0], tmp_path / "tight.nrrd")  # 18 mm; the model sees 60
+    run = DetectionRun(mrml_scene, _load_volume_node(mrml_scene, tight), trained_model_path).start()
+    node = run.wait()
+    assert node.GetNumberOfControlPoints() == 3
+    [warning] = run.warnings
+    assert warning.startswith("The volume covers 60 x 60 x 18 mm")
+    assert run.status.endswith("warning: check every point")
+
+
 def test_flagged_points_are_shown_unselected_and_the_table_follows_corrections(
     mrml_scene, oblique_case_file, trained_model_path
 ):

@@ -37,7 +37,7 @@ from .modelfile import load_model
 from .phantoms import FORMATS as PHANTOM_FORMATS
 from .phantoms import PHANTOMS, phantom, write_phantoms
 from .preprocessing import IntensityWindow
-from .progress import PROGRESS_FORMATS, ProgressBar, set_progress_format
+from .progress import PROGRESS_FORMATS, ProgressBar, set_progress_format, warn
 from .training import train
 from .volumes import Volume, case_name, read_volume, values_at, write_volume
 
@@ -304,6 +304,8 @@ def _run_detect(args: argparse.Namespace) -> int:
         write_landmarks(detection.landmarks(), output / f"{name}.mrk.json", coordinate_system=args.coordinate_system)
         detections[name] = detection
         bar.update(100 * (index + 1), flagged=int(detection.flagged.sum()))
+        for warning in detection.warnings:
+            warn(warning, case=name)
     bar.close()
     write_detections_csv(detections, output / "detections.csv", coordinate_system=args.coordinate_system)
     flagged = sum(int(d.flagged.sum()) for d in detections.values())

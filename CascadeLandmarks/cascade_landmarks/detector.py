@@ -9,10 +9,16 @@ Confidence combines two signals a clinician can read: how high the stage-1 heatm
 training target's height), and how far the last stage-2 pass still moved the point (relative to the most it may
 move). Both close to their best give a confidence near 1; a landmark below the model's ``flag_below`` is flagged
 for checking.
+
+Confidence cannot see a scan unlike any the model was trained on: stage 1 reads a landmark's position from the
+whole field of view, so on a scan cropped much tighter (or wider) than the training scans it can put a point
+far off with a high heatmap peak. Detection warns when the field of view differs from the model's stage-1 grid
+(fitted to the training scans) by more than :data:`FIELD_OF_VIEW_FACTOR` along an axis.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -33,6 +39,7 @@ from .preprocessing import Sampler, stage1_geometry
 from .volumes import Volume, read_volume
 
 ProgressCallback = Callable[[str, float], None]
+FIELD_OF_VIEW_FACTOR = 1.5
 
 
 @dataclass
@@ -47,6 +54,7 @@ class Detection:
         stage2_shift_mm: how far stage 2 moved each point from stage 1's, over all its passes, mm, shape (N,).
         confidence: in [0, 1], shape (N,); ``flagged`` is ``confidence < flag_below``.
         seconds: time per step ("stage 1 input", "stage 1", "stage 2").
+        warnings: sentences for the user about the volume (see :func:`field_of_view_warnings`).
     """
 
     labels: list[str]
@@ -58,6 +66,7 @@ class Detection:
     confidence: np.ndarray
     flagged: np.ndarray
     seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def positions_ras(self) -> np.ndarray:
@@ -133,7 +142,32 @@ def detect(
         confidence=confidence,
         flagged=confidence < config.flag_below,
         seconds=seconds,
+        warnings=field_of_view_warnings(volume.geometry, config),
     )
+
+
+def field_of_view_warnings(geometry: Geometry, config: CascadeConfig) -> list[str]:
+    """A warning when the volume's field of view (its LPS bounding box) is more than :data:`FIELD_OF_VIEW_FACTOR`
+    times smaller or larger than the model's stage-1 grid along an axis, else nothing."""
+    corners = geometry.index_to_lps(np.array(list(itertools.product(*[(-0.5, n - 0.5) for n in geometry.size]))))
+    volume_mm = corners.max(axis=0) - corners.min(axis=0)
+    grid_mm = np.asarray(config.stage1_grid) * config.stage1_spacing_mm
+    ratio = volume_mm / grid_mm
+    if np.all((ratio >= 1 / FIELD_OF_VIEW_FACTOR) & (ratio <= FIELD_OF_VIEW_FACTOR)):
+        return []
+    size = " x ".join(f"{v:.0f}" for v in volume_mm)
+    grid = " x ".join(f"{v:.0f}" for v in grid_mm)
+    if np.any(ratio < 1 / FIELD_OF_VIEW_FACTOR):
+        return [
+            f"The volume covers {size} mm (L x P x S), much less than the model's stage-1 field of view ({grid} mm, "
+            "fitted to its training scans). Stage 1 reads positions from the whole field of view, so it may place "
+            "landmarks far off on a tight crop. Check every point."
+        ]
+    return [
+        f"The volume covers {size} mm (L x P x S), much more than the model's stage-1 field of view ({grid} mm), "
+        "which sees only the middle of it: landmarks outside the middle cannot be found. Crop the volume around "
+        "the anatomy, or check every point."
+    ]
 
 
 def locate_stage1(

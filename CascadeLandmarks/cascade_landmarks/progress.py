@@ -4,7 +4,8 @@ On a terminal the line is redrawn in place; in a log file a line is written ever
 once a minute (a long training's log should not fall silent for ten minutes). For a
 program that runs the command in the background (the Slicer module), ``set_progress_format("json")`` makes every
 bar print one JSON object per update on standard output instead:
-``{"task": "stage 1", "done": 120, "total": 400, "fraction": 0.3, "metrics": {...}, "seconds_left": 63.0}``.
+``{"task": "stage 1", "done": 120, "total": 400, "fraction": 0.3, "metrics": {...}, "seconds_left": 63.0}``,
+and :func:`warn` prints ``{"warning": "...", "case": "..."}``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ def set_progress_format(name: str) -> None:
     if name not in PROGRESS_FORMATS:
         raise ValueError(f"Progress format must be one of {PROGRESS_FORMATS}, not {name!r}.")
     _format = name
+
+
+def warn(message: str, *, case: str | None = None) -> None:
+    """Tell the user something they should know about a result (of ``case``, if given): ``Warning: case: ...`` on
+    standard error, or a ``{"warning": ..., "case": ...}`` line on standard output in the JSON format."""
+    if _format == "json":
+        print(json.dumps({"warning": message, "case": case}), flush=True)
+    else:
+        print(f"Warning: {'' if case is None else case + ': '}{message}", file=sys.stderr, flush=True)
 
 
 def _duration(seconds: float) -> str:

@@ -60,6 +60,7 @@ class _BackgroundRun:
         self.command = BackgroundCommand(arguments, python=python, environment=environment)
         self.fraction = 0.0
         self.status = "starting"
+        self.warnings: list[str] = []
 
     def start(self):
         self.command.start()
@@ -70,6 +71,8 @@ class _BackgroundRun:
         for message in self.command.poll():
             if "fraction" in message:
                 self._take_progress(message)
+            elif "warning" in message:
+                self.warnings.append(message["warning"])
         return self.fraction, self.status
 
     def _take_progress(self, message: dict) -> None:
@@ -150,6 +153,7 @@ class DetectionRun(_BackgroundRun):
     def finish(self):
         """Read the results of a finished run into the output point list (or raise with the reason); returns it."""
         self.command.wait()
+        self.poll()  # the last messages, warnings among them
         try:
             if self.command.returncode != 0:
                 raise ValueError(f"Detection failed: {self.command.error_message()}")
@@ -161,6 +165,8 @@ class DetectionRun(_BackgroundRun):
         node = landmarks_to_node(landmarks, self.scene, name=name, node=self.output_node, locked=False)
         show_detection(node, self.model_name, landmarks.positions_ras, confidence, flagged)
         self.status = f"Done: {int(np.sum(flagged))} of {len(flagged)} landmarks flagged for checking"
+        if self.warnings:
+            self.status += "; warning: check every point"
         self.fraction = 1.0
         return node
 
