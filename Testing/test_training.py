@@ -85,8 +85,9 @@ def test_a_killed_training_resumes_where_it_stopped_and_ends_as_if_never_stopped
     tmp_path, synthetic_data, trained_model_path
 ):
     data = synthetic_data / "train"
+    # A fine-tune with a cosine rate: the resumed run must pick up the model it started from and the rate's step.
     schedule = ["--stage1-iterations", "60", "--stage2-iterations", "40", "--checkpoint-every", "5",
-                "--init-from", str(trained_model_path)]  # fmt: skip
+                "--init-from", str(trained_model_path), "--learning-rate-schedule", "cosine"]  # fmt: skip
     killed = tmp_path / "killed.pt"
     process = subprocess.Popen(_train_command(data, killed, *schedule), stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -117,6 +118,18 @@ def test_a_killed_training_resumes_where_it_stopped_and_ends_as_if_never_stopped
     assert stopped_at["seconds"] < record["seconds"] < stopped_at["seconds"] + resume_seconds
     assert record["fine_tuned_from"] == str(trained_model_path)
     assert record["previous_training"] == load_model(trained_model_path).training
+
+
+def test_the_cosine_schedule_falls_from_the_learning_rate_to_zero_over_each_stage():
+    cosine = TrainingConfig(learning_rate=1e-3, learning_rate_schedule="cosine")
+    rates = [cosine.learning_rate_at(step, 100) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates[50] == pytest.approx(0.5e-3)
+    assert rates[-1] < 1e-6
+    assert np.all(np.diff(rates) <= 0)
+    assert TrainingConfig(learning_rate=1e-3).learning_rate_at(99, 100) == 1e-3  # the default stays the paper's
+    with pytest.raises(ValueError, match="learning_rate_schedule must be one of constant, cosine"):
+        TrainingConfig(learning_rate_schedule="step")
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path, synthetic_data):

@@ -26,7 +26,7 @@ import numpy as np
 
 from .atomic_files import write_text_atomically
 from .augmentation import PRESETS as AUGMENTATION_PRESETS
-from .config import FINE_TUNING_LEARNING_RATE, TrainingConfig
+from .config import FINE_TUNING_LEARNING_RATE, LEARNING_RATE_SCHEDULES, TrainingConfig
 from .detector import detect, write_detections_csv
 from .evaluation import evaluate, write_tables
 from .figures import quality_control_image, write_error_plot, write_png
@@ -165,6 +165,12 @@ def _add_train_parser(commands) -> None:
         type=float,
         help=f"Adam's rate (default: {defaults.learning_rate:g}; {FINE_TUNING_LEARNING_RATE:g} with --init-from)",
     )
+    schedule.add_argument(
+        "--learning-rate-schedule",
+        choices=LEARNING_RATE_SCHEDULES,
+        default=defaults.learning_rate_schedule,
+        help="constant (the paper) or cosine: down to 0 over each stage (default: %(default)s)",
+    )
     schedule.add_argument("--seed", type=int, default=defaults.seed)
     schedule.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction)
     schedule.add_argument("--validate-every", type=int, default=defaults.validate_every)
@@ -219,6 +225,7 @@ def _run_train(args: argparse.Namespace) -> int:
         stage2_iterations=args.stage2_iterations,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate or (FINE_TUNING_LEARNING_RATE if args.init_from else defaults.learning_rate),
+        learning_rate_schedule=args.learning_rate_schedule,
         seed=args.seed,
         validation_fraction=args.validation_fraction,
         validate_every=args.validate_every,

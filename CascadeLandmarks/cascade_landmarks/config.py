@@ -3,6 +3,7 @@ file) and how it is trained (:class:`TrainingConfig`, saved beside it in the tra
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from .augmentation import NO_AUGMENTATION, Augmentation
@@ -138,6 +139,9 @@ def landmark_set_to_dict(landmark_set: LandmarkSet) -> dict:
     }
 
 
+LEARNING_RATE_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """How a model is trained (the paper: Adam, learning rate 1e-3, batch size 4, 11,250 and 45,000 iterations).
@@ -146,6 +150,8 @@ class TrainingConfig:
         stage1_iterations, stage2_iterations: optimisation steps per stage (0 skips the stage, when fine-tuning).
         batch_size: samples per step on each process.
         learning_rate: Adam's learning rate.
+        learning_rate_schedule: "constant" (the paper), or "cosine": from ``learning_rate`` down to 0 over each
+            stage along half a cosine (a step's rate depends only on the step, so a resumed run gets the same).
         seed: the same seed and data give the same model.
         validation_fraction: share of the cases held out to report the error in mm as training goes.
         validate_every: steps between validations (0: only at the end of each stage).
@@ -161,6 +167,7 @@ class TrainingConfig:
     stage2_iterations: int = 45000
     batch_size: int = 4
     learning_rate: float = 1e-3
+    learning_rate_schedule: str = "constant"
     seed: int = 0
     validation_fraction: float = 0.2
     validate_every: int = 500
@@ -178,6 +185,17 @@ class TrainingConfig:
             raise ValueError(f"stage2_near_share must lie in [0, 1], got {self.stage2_near_share}.")
         if self.learning_rate <= 0 or self.checkpoint_every < 1 or self.validate_every < 0:
             raise ValueError("learning_rate and checkpoint_every must be positive, validate_every not negative.")
+        if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
+            raise ValueError(
+                f"learning_rate_schedule must be one of {', '.join(LEARNING_RATE_SCHEDULES)}, "
+                f"not {self.learning_rate_schedule!r}."
+            )
+
+    def learning_rate_at(self, step: int, iterations: int) -> float:
+        """Adam's rate for ``step`` (from 0) of a stage of ``iterations`` steps."""
+        if self.learning_rate_schedule == "cosine":
+            return 0.5 * self.learning_rate * (1.0 + math.cos(math.pi * step / iterations))
+        return self.learning_rate
 
     def to_dict(self) -> dict:
         return asdict(self)

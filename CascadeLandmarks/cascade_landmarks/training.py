@@ -310,6 +310,8 @@ class _Run:
         for step in range(start, iterations):
             rng = np.random.default_rng([self.training.seed, stage, step, self.process.rank])
             inputs, targets = batch(rng)
+            for group in optimizer.param_groups:
+                group["lr"] = self.training.learning_rate_at(step, iterations)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_of(trained, inputs.to(self.process.device), targets.to(self.process.device))
             loss.backward()
