@@ -18,7 +18,7 @@ import torch
 from cascade_landmarks import Landmarks, write_landmarks
 from cascade_landmarks.config import FINE_TUNING_LEARNING_RATE, TrainingConfig
 from cascade_landmarks.detector import detect
-from cascade_landmarks.modelfile import load_model
+from cascade_landmarks.modelfile import load_model, model_from_state
 from cascade_landmarks.phantoms.spheres import SPHERES_SET, make_case, write_cases, write_set
 from cascade_landmarks.training import checkpoint_path, train
 
@@ -99,6 +99,23 @@ def test_a_killed_training_resumes_where_it_stopped_and_ends_as_if_never_stopped
     stopped_at = torch.load(checkpoint_path(killed), weights_only=True)
     assert stopped_at["stage"] == 1
     assert 0 < stopped_at["iteration"] < 60
+
+    # The weights so far can be taken as a model file, leaving the checkpoint to resume from.
+    early = tmp_path / "early.pt"
+    export = [str(BIN / "cascade-landmarks"), "export-checkpoint", str(checkpoint_path(killed)), "-o", str(early)]
+    exported = subprocess.run(export, capture_output=True, text=True)
+    assert exported.returncode == 0, exported.stderr
+    _assert_same_weights(_state(load_model(early)), _state(model_from_state(stopped_at["model"])))
+    early_record = load_model(early).training
+    assert (
+        early_record["stopped"] == f"exported from its checkpoint at stage 1, iteration {stopped_at['iteration']} of 60"
+    )
+    assert early_record["training_config"]["stage1_iterations"] == stopped_at["iteration"]
+    assert early_record["training_config"]["stage2_iterations"] == 0
+    assert early_record["fine_tuned_from"] == str(trained_model_path)
+    again = subprocess.run(export, capture_output=True, text=True)
+    assert again.returncode == 2
+    assert "exists; export to a new file name" in again.stderr
 
     forgot = subprocess.run(_train_command(data, killed, *schedule), capture_output=True, text=True)
     assert forgot.returncode == 2

@@ -2,10 +2,12 @@
 
 - ``train DATA -o MODEL --landmarks SET``: train both stages on a folder of cases (or a CSV manifest); also
   fine-tuning (``--init-from``), resuming after a kill (``--resume``) and, under ``torchrun``, several processes;
+- ``export-checkpoint MODEL.pt.checkpoint -o MODEL``: the model a training run had reached at its last checkpoint;
 - ``detect MODEL VOLUME... -o OUT``: one ``.mrk.json`` per volume and a CSV for the batch;
 - ``evaluate MODEL DATA -o OUT``: error tables (Markdown, CSV), the error plot and quality-control images;
 - ``benchmark [--quick]``: the paper's tables on synthetic phantoms (writes phantoms, trains, evaluates);
 - ``benchmark-speed``: time and peak memory of detection on a 512^3 volume;
+- ``benchmark-afids MODEL``: an afids-32 model scored on Colin27 beside the human raters;
 - ``info VOLUME [LANDMARKS]``: a volume's geometry and, for each landmark, its RAS position, voxel index and
   the intensity there (the quickest check that a landmark file and a volume agree on coordinates);
 - ``convert LANDMARKS OUT``: between ``.fcsv``, ``.mrk.json`` (LPS or RAS) and long-format CSV;
@@ -38,7 +40,7 @@ from .phantoms import FORMATS as PHANTOM_FORMATS
 from .phantoms import PHANTOMS, phantom, write_phantoms
 from .preprocessing import IntensityWindow
 from .progress import PROGRESS_FORMATS, ProgressBar, set_progress_format, warn
-from .training import train
+from .training import export_checkpoint, train
 from .volumes import Volume, case_name, read_volume, values_at, write_volume
 
 DEMO_MODEL = "cardiac-5-phantom"
@@ -72,6 +74,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands)
     _add_detect_parser(commands)
     _add_evaluate_parser(commands)
+    export = commands.add_parser(
+        "export-checkpoint", help="write the model a training run had reached at its last checkpoint"
+    )
+    export.add_argument("checkpoint", help="MODEL.pt.checkpoint, beside a training run's output")
+    export.add_argument("-o", "--output", required=True, help="model file to write (.pt); must not exist")
+    export.set_defaults(run=_run_export_checkpoint)
     bench = commands.add_parser(
         "benchmark", help="the paper's tables on synthetic phantoms: write phantoms, train, evaluate, report"
     )
@@ -216,6 +224,12 @@ def _add_train_parser(commands) -> None:
     )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(run=_run_train)
+
+
+def _run_export_checkpoint(args: argparse.Namespace) -> int:
+    model = export_checkpoint(args.checkpoint, args.output)
+    print(f"Wrote {args.output}: {model.training['stopped']}. The checkpoint is kept for train --resume.")
+    return 0
 
 
 def _run_train(args: argparse.Namespace) -> int:

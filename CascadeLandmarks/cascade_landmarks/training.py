@@ -44,6 +44,7 @@ from .modelfile import CascadeModel, load_model, model_from_state, save_model
 from .progress import ProgressBar
 
 CHECKPOINT_FORMAT = "cascade-landmarks-checkpoint"
+_NO_LINEAGE = {"fine_tuned_from": None, "previous_training": None}  # a run from scratch, or an older checkpoint
 
 
 def checkpoint_path(output: str | os.PathLike) -> Path:
@@ -206,12 +207,13 @@ def train(
         model = CascadeModel.create(config, seed=training.seed)
     model.to(process.device)
 
-    lineage = {
-        "fine_tuned_from": None if init_from is None else str(init_from),
-        "previous_training": None if base_model is None else base_model.training,
-    }
-    if checkpoint is not None and "lineage" in checkpoint:  # what the killed run had been started from
-        lineage = json.loads(checkpoint["lineage"])
+    if checkpoint is None:
+        lineage = {
+            "fine_tuned_from": None if init_from is None else str(init_from),
+            "previous_training": None if base_model is None else base_model.training,
+        }
+    else:  # what the killed run had been started from
+        lineage = json.loads(checkpoint["lineage"]) if "lineage" in checkpoint else _NO_LINEAGE
     run = _Run(output, config, training, process, model, names, progress, checkpoint, lineage, started)
     history = run.history
     stage1_error = run.optimise(
@@ -348,6 +350,8 @@ class _Run:
                 "history": json.dumps(self.history),
                 "lineage": json.dumps(self.lineage),
                 "seconds": self.seconds(),
+                "processes": self.process.world_size,
+                "device": str(self.process.device),
                 "model": self.model.state(),
                 "optimizer": optimizer.state_dict(),
             }
@@ -360,13 +364,58 @@ def _read_checkpoint(output: Path) -> dict:
     path = checkpoint_path(output)
     if not path.is_file():
         raise ValueError(f"Nothing to resume: no checkpoint {path}. Train without --resume.")
+    return _load_checkpoint(path, "resume from")
+
+
+def _load_checkpoint(path: Path, purpose: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"Cannot resume from {path}: the checkpoint is damaged ({error}).") from error
+        raise ValueError(f"Cannot {purpose} {path}: the checkpoint is damaged ({error}).") from error
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a CascadeLandmarks training checkpoint.")
     return state
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike) -> CascadeModel:
+    """Write the model a training run had reached at its last checkpoint to ``output`` (a run killed, or still
+    running, whose weights so far are wanted); the checkpoint is left for ``--resume``.
+
+    The model's training record gives the iterations done (not those planned) and says where the run stopped.
+    """
+    checkpoint, output = Path(checkpoint), Path(output)
+    if not checkpoint.is_file():
+        raise ValueError(f"No checkpoint {checkpoint}; a training run writes MODEL.pt.checkpoint beside its output.")
+    if output.exists():
+        raise ValueError(f"{output} exists; export to a new file name, or delete it first.")
+    state = _load_checkpoint(checkpoint, "export")
+    model = model_from_state(state["model"], source=str(checkpoint))
+    planned = TrainingConfig.from_dict(json.loads(state["training"]))
+    stage, iteration = int(state["stage"]), int(state["iteration"])
+    planned_iterations = planned.stage1_iterations if stage == 1 else planned.stage2_iterations
+    done = dataclasses.replace(
+        planned,
+        stage1_iterations=iteration if stage == 1 else planned.stage1_iterations,
+        stage2_iterations=iteration if stage == 2 else 0,
+    )
+    names = json.loads(state["cases"])
+    training_names, validation_names = split_cases(names, planned.validation_fraction, planned.seed)
+    model.training = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cascade_landmarks": __version__,
+        "torch": torch.__version__,
+        "landmark_set": model.config.landmark_set.name,
+        "cases": {"training": training_names, "validation": validation_names},
+        "training_config": done.to_dict(),
+        **(json.loads(state["lineage"]) if "lineage" in state else _NO_LINEAGE),
+        "history": json.loads(state["history"]),
+        "processes": int(state.get("processes", 1)),
+        "device": state.get("device", "unknown"),
+        "seconds": round(float(state.get("seconds", 0.0)), 1),
+        "stopped": f"exported from its checkpoint at stage {stage}, iteration {iteration} of {planned_iterations}",
+    }
+    save_model(model, output)
+    return model
 
 
 def _validation_error(
