@@ -44,7 +44,8 @@ from .modelfile import CascadeModel, load_model, model_from_state, save_model
 from .progress import ProgressBar
 
 CHECKPOINT_FORMAT = "cascade-landmarks-checkpoint"
-_NO_LINEAGE = {"fine_tuned_from": None, "previous_training": None}  # a run from scratch, or an older checkpoint
+# How a checkpoint written before checkpoints kept the lineage (the model a fine-tune started from) is read.
+_NO_LINEAGE = {"fine_tuned_from": None, "previous_training": None}
 
 
 def checkpoint_path(output: str | os.PathLike) -> Path:
