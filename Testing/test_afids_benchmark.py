@@ -1,8 +1,9 @@
 """``cascade-landmarks benchmark-afids``: an afids-32 model scored on Colin27 beside the human raters and the
 no-model bar, with the reports a user reads, and shipped only when it clearly beats the reference points.
 
-The model here is trained for a handful of iterations on the MNI template (the real one, with augmentation):
-its errors mean nothing and are not checked, only what the benchmark writes and decides.
+Most tests use a model trained for a handful of iterations on the MNI template (the real one, with augmentation):
+its errors mean nothing and are not checked, only what the benchmark writes and decides. The last one scores the
+shipped model, whose errors are the point.
 """
 
 from __future__ import annotations
