@@ -213,8 +213,8 @@ def train(
             "fine_tuned_from": None if init_from is None else str(init_from),
             "previous_training": None if base_model is None else base_model.training,
         }
-    else:  # what the killed run had been started from
-        lineage = json.loads(checkpoint["lineage"]) if "lineage" in checkpoint else _NO_LINEAGE
+    else:
+        lineage = _checkpoint_lineage(checkpoint)
     run = _Run(output, config, training, process, model, names, progress, checkpoint, lineage, started)
     history = run.history
     stage1_error = run.optimise(
@@ -240,11 +240,7 @@ def train(
     model.stage1.eval()
     model.stage2.eval()
     model.training = {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cascade_landmarks": __version__,
-        "torch": torch.__version__,
-        "landmark_set": landmark_set.name,
-        "cases": {"training": training_names, "validation": validation_names},
+        **_record_header(landmark_set.name, training_names, validation_names),
         "spacing_mm": _spacing_summary(checked),
         "training_config": training.to_dict(),
         **lineage,
@@ -402,13 +398,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike) 
     names = json.loads(state["cases"])
     training_names, validation_names = split_cases(names, planned.validation_fraction, planned.seed)
     model.training = {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cascade_landmarks": __version__,
-        "torch": torch.__version__,
-        "landmark_set": model.config.landmark_set.name,
-        "cases": {"training": training_names, "validation": validation_names},
+        **_record_header(model.config.landmark_set.name, training_names, validation_names),
         "training_config": done.to_dict(),
-        **(json.loads(state["lineage"]) if "lineage" in state else _NO_LINEAGE),
+        **_checkpoint_lineage(state),
         "history": json.loads(state["history"]),
         "processes": int(state.get("processes", 1)),
         "device": state.get("device", "unknown"),
@@ -417,6 +409,22 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike) 
     }
     save_model(model, output)
     return model
+
+
+def _record_header(landmark_set_name: str, training_names: list[str], validation_names: list[str]) -> dict:
+    """The first entries of a model's training record: when, with which versions, for which set, on which cases."""
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cascade_landmarks": __version__,
+        "torch": torch.__version__,
+        "landmark_set": landmark_set_name,
+        "cases": {"training": training_names, "validation": validation_names},
+    }
+
+
+def _checkpoint_lineage(state: dict) -> dict:
+    """The model the checkpointed run had been started from (``fine_tuned_from``, ``previous_training``)."""
+    return json.loads(state["lineage"]) if "lineage" in state else _NO_LINEAGE
 
 
 def _validation_error(
