@@ -3,6 +3,8 @@ the defaults leave CTA training as it was."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ from cascade_landmarks.augmentation import (
     AugmentingSampler,
     RandomTransform,
     change_intensity,
+    with_settings,
 )
 from cascade_landmarks.config import CascadeConfig, TrainingConfig
 from cascade_landmarks.data import TrainingCase, stage1_batch, stage2_batch
@@ -61,6 +64,8 @@ SPATIAL = {
     "shear": Augmentation(shear=0.15),
     "translation": Augmentation(translation_mm=10.0),
     "elastic": Augmentation(elastic_mm=3.0),
+    # The strain of elastic_mm=3, elastic_grid=9 over a 200 mm brain, on this 64 mm box.
+    "fine elastic": Augmentation(elastic_mm=1.0, elastic_grid=9),
     "mirror": Augmentation(mirror_probability=1.0),
     "one-shot preset": PRESETS["one-shot"],
 }
@@ -106,6 +111,17 @@ def test_intensity_changes_keep_the_image_finite_and_vary_it():
     assert changed.shape == array.shape
     assert np.all(np.isfinite(changed))
     assert not np.allclose(changed, array)
+
+
+def test_settings_of_a_preset_can_be_changed_one_by_one():
+    changed = with_settings(PRESETS["one-shot"], ["elastic_grid=9", "elastic-mm=3"])
+    assert changed == replace(PRESETS["one-shot"], elastic_grid=9, elastic_mm=3.0)
+    with pytest.raises(ValueError, match="'elastc=3': give NAME=VALUE with NAME one of rotation_degrees, "):
+        with_settings(PRESETS["one-shot"], ["elastc=3"])
+    with pytest.raises(ValueError, match=r"'elastic_grid=9\.5': '9\.5' is not a whole number"):
+        with_settings(PRESETS["one-shot"], ["elastic_grid=9.5"])
+    with pytest.raises(ValueError, match="mirror_probability must lie in"):
+        with_settings(PRESETS["none"], ["mirror_probability=2"])
 
 
 def test_the_defaults_leave_cta_training_as_it_was(synthetic_data):

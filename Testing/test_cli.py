@@ -78,3 +78,6 @@ def test_bad_input_gives_one_clear_line_and_exit_code_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("cascade-landmarks info: Cannot read volume")
     assert "Traceback" not in result.stderr
+    typo = _run("train", str(tmp_path), "-o", str(tmp_path / "m.pt"), "--augmentation-setting", "elastic=3")
+    assert typo.returncode == 2
+    assert typo.stderr.startswith("cascade-landmarks train: Augmentation setting 'elastic=3': give NAME=VALUE")

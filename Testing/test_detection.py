@@ -134,24 +134,33 @@ def test_a_model_file_carries_its_pass_count_and_older_files_read_as_one_pass(
     )
 
 
-def test_test_time_mirroring_makes_stage1_exactly_mirror_symmetric(tmp_path, trained_model_path, synthetic_data):
+def test_test_time_mirroring_makes_the_cascade_exactly_mirror_symmetric(tmp_path, trained_model_path, synthetic_data):
     import dataclasses
 
     from cascade_landmarks import Volume
     from cascade_landmarks.modelfile import load_model
 
     model = load_model(trained_model_path)
-    model.config = dataclasses.replace(model.config, mirror_stage1=True)
     volume = read_volume(synthetic_data / "test" / "case101.nrrd")
     assert np.allclose(volume.geometry.direction, np.eye(3))  # so flipping i mirrors left/right about the centre
     mirrored = Volume(np.ascontiguousarray(volume.array[..., ::-1]), volume.geometry)
     centre = volume.geometry.index_to_lps((np.asarray(volume.geometry.size) - 1) / 2)
     twins = model.config.landmark_set.twin_permutation()  # no twins among the spheres: each is its own
-    points, points_in_mirror = detect(volume, model).stage1_lps, detect(mirrored, model).stage1_lps
-    reflected = points_in_mirror[twins] * [-1, 1, 1] + [2 * centre[0], 0, 0]
-    # Averaging each heatmap with its mirror image makes stage 1 answer the mirrored volume with the mirrored
-    # points exactly, whatever the network learnt; without it, only as well as it learnt.
-    np.testing.assert_allclose(reflected, points, atol=1e-3)
+
+    def asymmetry(stage1_only: bool, **mirroring) -> float:
+        """How far the answer on the mirrored volume, mirrored back, is from the answer on the volume (mm)."""
+        model.config = dataclasses.replace(model.config, **mirroring)
+        answers = [detect(v, model) for v in (volume, mirrored)]
+        points, points_in_mirror = [a.stage1_lps if stage1_only else a.positions_lps for a in answers]
+        reflected = points_in_mirror[twins] * [-1, 1, 1] + [2 * centre[0], 0, 0]
+        return float(np.abs(reflected - points).max())
+
+    # Averaging each heatmap (stage 1) and each displacement (stage 2) with its twin's on the mirror image makes
+    # the answer to the mirrored volume exactly the mirrored answer, whatever the networks learnt; without it,
+    # only as well as they learnt.
+    assert asymmetry(stage1_only=True, mirror_stage1=True) < 1e-3
+    assert asymmetry(stage1_only=False, mirror_stage1=True, mirror_stage2=True) < 1e-3
+    assert asymmetry(stage1_only=False, mirror_stage1=True, mirror_stage2=False) > 0.01
 
 
 def test_a_field_of_view_unlike_the_training_scans_is_warned_about(tmp_path, trained_model_path):

@@ -161,7 +161,8 @@ def _model_card(model, summary: str, cascade_mm: np.ndarray) -> str:
             + ("; test-time left/right mirroring, twin labels swapped." if config.mirror_stage1 else "."),
             f"- Stage 2: one CNN per fiducial on {config.displacement.patch_size}^3 patches of "
             f"{config.stage2_spacing_mm:g} mm, corrections up to {config.stage2_radius_mm:g} mm per pass, "
-            f"{config.stage2_passes} pass(es) at detection.",
+            f"{config.stage2_passes} pass(es) at detection"
+            + ("; test-time left/right mirroring, twin networks on mirrored patches." if config.mirror_stage2 else "."),
             "",
             "## Training runs (Adam; each run starts from the one before)",
             *[_run_line(run) for run in runs],

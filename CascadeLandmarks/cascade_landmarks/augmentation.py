@@ -17,7 +17,7 @@ for training from a single annotated image.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -96,6 +96,24 @@ PRESETS = {
         noise=0.03,
     ),
 }
+
+
+def with_settings(augmentation: Augmentation, settings: list[str]) -> Augmentation:
+    """``augmentation`` with some settings changed, each given as ``NAME=VALUE`` (``elastic_grid=9``)."""
+    kinds = {f.name: f.type for f in fields(Augmentation)}
+    changes = {}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        name = name.strip().replace("-", "_")
+        if name not in kinds or not value:
+            raise ValueError(f"Augmentation setting {setting!r}: give NAME=VALUE with NAME one of {', '.join(kinds)}.")
+        whole = kinds[name] == "int"
+        try:
+            changes[name] = int(value) if whole else float(value)
+        except ValueError:
+            kind = "whole number" if whole else "number"
+            raise ValueError(f"Augmentation setting {setting!r}: {value!r} is not a {kind}.") from None
+    return replace(augmentation, **changes)
 
 
 def _rotation(angles_degrees: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 
 from .atomic_files import write_text_atomically
 from .augmentation import PRESETS as AUGMENTATION_PRESETS
+from .augmentation import with_settings
 from .config import FINE_TUNING_LEARNING_RATE, LEARNING_RATE_SCHEDULES, TrainingConfig
 from .detector import detect, write_detections_csv
 from .evaluation import evaluate, write_tables
@@ -197,6 +198,14 @@ def _add_train_parser(commands) -> None:
         default="none",
         help="random transforms and intensity changes: none (the paper, CTA) or one-shot (one annotated image)",
     )
+    schedule.add_argument(
+        "--augmentation-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change one setting of the --augmentation preset, e.g. elastic_grid=9 (repeatable; names in "
+        "cascade_landmarks.augmentation.Augmentation)",
+    )
     model = train.add_argument_group("model (defaults fitted to the data; ignored with --init-from or --resume)")
     model.add_argument("--stage1-spacing", type=float, help="stage-1 voxel size in mm (default: 4 x stage 2)")
     model.add_argument("--stage1-grid", type=int, nargs=3, metavar=("I", "J", "K"), help="stage-1 grid in voxels")
@@ -216,6 +225,12 @@ def _add_train_parser(commands) -> None:
         action="store_true",
         help="test-time left/right mirroring of stage 1 with twin labels swapped, for symmetric anatomy such as "
         "the brain (also taken with --init-from)",
+    )
+    model.add_argument(
+        "--mirror-stage2",
+        action="store_true",
+        help="the same for stage 2: each displacement averaged with the twin network's on the mirrored patch "
+        "(also taken with --init-from)",
     )
     model.add_argument(
         "--intensity",
@@ -245,7 +260,7 @@ def _run_train(args: argparse.Namespace) -> int:
         validate_every=args.validate_every,
         checkpoint_every=args.checkpoint_every,
         device=args.device,
-        augmentation=AUGMENTATION_PRESETS[args.augmentation],
+        augmentation=with_settings(AUGMENTATION_PRESETS[args.augmentation], args.augmentation_setting),
         stage2_near_share=args.stage2_near_share,
     )
     settings = {
@@ -264,8 +279,9 @@ def _run_train(args: argparse.Namespace) -> int:
         settings["stage2_radius_mm"] = args.stage2_radius
     if args.stage2_passes is not None:
         settings["stage2_passes"] = args.stage2_passes
-    if args.mirror_stage1:
-        settings["mirror_stage1"] = True
+    for setting in ("mirror_stage1", "mirror_stage2"):
+        if getattr(args, setting):
+            settings[setting] = True
     model = train(
         args.data,
         args.output,

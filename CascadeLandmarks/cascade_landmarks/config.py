@@ -13,7 +13,7 @@ from .preprocessing import IntensityWindow
 
 STAGE1_MODES = ("whole", "patch")
 # Settings that change no weights: fine-tuning (``--init-from``) may set them anew.
-DETECTION_SETTINGS = ("stage2_passes", "mirror_stage1")
+DETECTION_SETTINGS = ("stage2_passes", "mirror_stage1", "mirror_stage2")
 # Fine-tuning starts a fresh Adam from trained weights; at the training rate (1e-3) its first steps undo much of
 # what was learnt (seen on the test model: 0.35 mm to 2.7 mm mean error in three steps), so it goes ten times slower.
 FINE_TUNING_LEARNING_RATE = 1e-4
@@ -42,6 +42,8 @@ class CascadeConfig:
         mirror_stage1: average stage 1's heatmaps with those of the left/right mirrored volume, twin channels
             swapped (test-time mirroring; for left/right symmetric anatomy such as the brain, not for CTA of the
             heart). Changes no weights either.
+        mirror_stage2: average each stage-2 displacement with the one its twin's network reads from the mirrored
+            patch (test-time mirroring of stage 2; the same anatomy as ``mirror_stage1``). Changes no weights.
         intensity: intensity window applied to every input.
         flag_below: a landmark whose confidence is below this is flagged for checking.
     """
@@ -61,6 +63,7 @@ class CascadeConfig:
     flag_below: float = 0.5
     stage2_passes: int = 1
     mirror_stage1: bool = False
+    mirror_stage2: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage1_grid", tuple(int(n) for n in self.stage1_grid))

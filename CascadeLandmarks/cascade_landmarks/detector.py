@@ -233,12 +233,27 @@ def predict_displacements(
     model: CascadeModel, sampler: Sampler, centres_lps: np.ndarray, device: torch.device
 ) -> np.ndarray:
     """Stage-2 displacements (LPS mm, shape (N, 3)) from patches centred on ``centres_lps``, each limited to the
-    model's stage-2 radius."""
+    model's stage-2 radius.
+
+    With the model's ``mirror_stage2``, each displacement is averaged with the one its twin's network reads from
+    the left/right mirrored patch, mirrored back (patches are LPS-aligned, so i runs right to left and the mirror
+    about the patch centre flips the L component).
+    """
     config = model.config
     patches = sampler.patches(centres_lps, config.stage2_spacing_mm, config.displacement.patch_size)
+    displacement = _displacements(model, patches, device)
+    if config.mirror_stage2:
+        twins = config.landmark_set.twin_permutation()
+        mirrored = _displacements(model, np.ascontiguousarray(patches[twins][..., ::-1]), device)[twins]
+        mirrored[:, 0] *= -1.0
+        displacement = (displacement + mirrored) / 2.0
+    return limit_length(displacement, config.stage2_radius_mm)
+
+
+def _displacements(model: CascadeModel, patches: np.ndarray, device: torch.device) -> np.ndarray:
+    """Each landmark's network on its patch (N, P, P, P): displacements in mm, float64 (N, 3)."""
     with torch.inference_mode():
-        displacement = model.stage2(torch.from_numpy(patches)[None].to(device))[0].float().cpu().numpy()
-    return limit_length(displacement.astype(float), config.stage2_radius_mm)
+        return model.stage2(torch.from_numpy(patches)[None].to(device))[0].double().cpu().numpy()
 
 
 def limit_length(vectors: np.ndarray, limit: float) -> np.ndarray:
