@@ -80,6 +80,8 @@ def test_a_model_that_clears_the_bar_is_shipped_with_its_card(afids_model, share
     assert "one image" in card
     assert "never used for training or tuning" in card
     assert "human raters" in card  # the Colin27 figures are in the card
+    assert "augmentation one-shot," in card  # each training run, with its augmentation
+    assert str(afids_model.parent) not in card  # the file scored is named, not where it lay on the trainer's disk
     assert "target, mean at most 2.5 mm with more than 60% of the fiducials within 2 mm, is not met" in card
 
 

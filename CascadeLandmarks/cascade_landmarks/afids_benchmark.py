@@ -64,7 +64,7 @@ def afids_benchmark(
     }
     lines = [
         "AFIDs on Colin27 (a brain the model never saw), 32 fiducials, errors in mm to the consensus.",
-        f"Model: {model_path}. Human bar: {len(raters_mm)} rater sessions placing the same fiducials.",
+        f"Model: {Path(model_path).name}. Human bar: {len(raters_mm)} rater sessions placing the same fiducials.",
         "",
         f"{'':34s}{'mean':>8s}{'median':>8s}{'<=2 mm':>8s}{'<=4 mm':>8s}",
         _summary_line("no model (template coordinates)", no_model_mm),
@@ -193,12 +193,12 @@ def _target_line(cascade_mm: np.ndarray) -> str:
 
 
 def _run_line(run: dict) -> str:
-    from .augmentation import PRESETS
-
     settings = run["training_config"]
     if settings["stage1_iterations"] == settings["stage2_iterations"] == 0:
-        return "- No training: detection settings changed (test-time mirroring, stage-2 passes), weights kept."
-    augmentation = next((n for n, p in PRESETS.items() if p.to_dict() == settings.get("augmentation")), "custom")
+        return (
+            "- No training: detection settings changed (such as test-time mirroring or stage-2 passes), weights kept."
+        )
+    augmentation = _augmentation_name(settings.get("augmentation", {}))
     stopped = f" ({run['stopped']})" if run.get("stopped") else ""
     processes = f" on each of {run['processes']} processes" if run.get("processes", 1) > 1 else ""
     cosine = settings.get("learning_rate_schedule") == "cosine"
@@ -209,6 +209,17 @@ def _run_line(run: dict) -> str:
         f"{augmentation}, {settings.get('stage2_near_share', 0):.0%} of stage-2 patches within a quarter of the "
         f"radius; about {run.get('seconds', 0) / 60:.0f} minutes on {run.get('device', 'cpu')}{stopped}."
     )
+
+
+def _augmentation_name(settings: dict) -> str:
+    """The preset closest to ``settings``, with the settings that differ from it ("one-shot with elastic_grid=9")."""
+    from .augmentation import PRESETS
+
+    def changed(preset: str) -> list[str]:
+        return [f"{k}={v:g}" for k, v in settings.items() if PRESETS[preset].to_dict().get(k) != v]
+
+    closest = min(PRESETS, key=lambda preset: len(changed(preset)))
+    return " with ".join([closest, ", ".join(changed(closest))]) if changed(closest) else closest
 
 
 def _summary_line(name: str, errors_mm: np.ndarray) -> str:

@@ -157,12 +157,19 @@ class RandomTransform:
         points = np.asarray(points_lps, dtype=float).reshape(-1, 3)
         if self._controls is None:
             return np.zeros_like(points)
-        normalised = (points - self.centre) / (self.extent / 2.0)  # [-1, 1] over the box, (L, P, S)
-        grid = torch.from_numpy(normalised.astype(np.float32)).reshape(1, -1, 1, 1, 3)
+        return self.displacement_tensor(torch.from_numpy(points.astype(np.float32))).double().numpy()
+
+    def displacement_tensor(self, points_lps: torch.Tensor) -> torch.Tensor:
+        """:meth:`displacement` for a float32 tensor of points (N, 3); zeros without an elastic part."""
+        if self._controls is None:
+            return torch.zeros_like(points_lps)
+        centre = torch.from_numpy((self.centre).astype(np.float32))
+        half = torch.from_numpy((self.extent / 2.0).astype(np.float32))
+        grid = ((points_lps - centre) / half).reshape(1, -1, 1, 1, 3)  # [-1, 1] over the box, (L, P, S)
         # grid_sample wants (x, y, z) = last, middle, first array axis; the controls are [c, L, P, S] -> permute.
         controls = self._controls.permute(0, 1, 4, 3, 2)  # [1, 3, S, P, L]
         values = functional.grid_sample(controls, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        return values.reshape(3, -1).T.double().numpy()
+        return values.reshape(3, -1).T
 
     def to_input(self, points_out: np.ndarray) -> np.ndarray:
         """Where each point of the augmented image comes from in the original (LPS mm, (..., 3))."""
@@ -191,16 +198,33 @@ class AugmentingSampler:
         self.geometry = sampler.volume.geometry
 
     def sample(self, geometry: Geometry, transform: RandomTransform | None) -> np.ndarray:
-        """Windowed intensities on ``geometry`` (float32, shape ``geometry.shape``), seen through ``transform``."""
-        k, j, i = np.indices(geometry.shape)
-        points = geometry.index_to_lps(np.stack([i, j, k], axis=-1).reshape(-1, 3))
+        """Windowed intensities on ``geometry`` (float32, shape ``geometry.shape``), seen through ``transform``.
+
+        Computed in float32 torch in one go (training samples millions of points per step): the output grid's
+        points, the elastic displacement, then one affine map folding the transform's affine part, this volume's
+        LPS-to-index map and grid_sample's [-1, 1] normalisation together.
+        """
+        k, j, i = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in geometry.shape], indexing="ij")
+        ijk = torch.stack([i, j, k], dim=-1).reshape(-1, 3)
+        points = ijk @ _tensor(geometry.direction * geometry.spacing).T + _tensor(geometry.origin)
+        matrix, offset = np.eye(3), np.zeros(3)  # input point = matrix @ (point + displacement) + offset
         if transform is not None:
-            points = transform.to_input(points)
-        ijk = self.geometry.lps_to_index(points)
-        normalised = 2.0 * ijk / (np.asarray(self.geometry.size) - 1) - 1.0  # (i, j, k) = grid_sample's (x, y, z)
-        grid = torch.from_numpy(normalised.astype(np.float32)).reshape(1, -1, 1, 1, 3)
+            points = points + transform.displacement_tensor(points)
+            matrix = transform.matrix
+            offset = transform.centre + transform.translation - transform.matrix @ transform.centre
+        volume = self.geometry
+        to_index = volume.direction.T / volume.spacing[:, None]  # LPS offset from the origin -> (i, j, k)
+        to_grid = np.diag(2.0 / (np.asarray(volume.size) - 1))  # (i, j, k) -> grid_sample's [-1, 1]
+        full = to_grid @ to_index @ matrix
+        shift = to_grid @ to_index @ (offset - volume.origin) - 1.0
+        normalised = points @ _tensor(full).T + _tensor(shift)
+        grid = normalised.reshape(1, -1, 1, 1, 3)  # (i, j, k) = grid_sample's (x, y, z)
         values = functional.grid_sample(self.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         return values.reshape(geometry.shape).numpy()
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(array, dtype=np.float32))
 
 
 def change_intensity(array: np.ndarray, augmentation: Augmentation, rng: np.random.Generator, spacing_mm: float):
