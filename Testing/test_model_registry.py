@@ -48,6 +48,24 @@ def test_a_model_added_from_a_file_and_its_fine_tuned_version(tmp_path, trained_
     assert [m["name"] for m in saved["models"]] == ["model", "model-v2", "model-v3"]
 
 
+def test_shipping_a_new_file_under_a_shipped_name_gives_it_the_next_version(tmp_path, trained_model_path, monkeypatch):
+    from cascade_landmarks import model_registry
+    from cascade_landmarks.model_registry import add_bundled_model
+    from cascade_landmarks.modelfile import load_model, save_model
+
+    (tmp_path / "Models").mkdir()
+    (tmp_path / "Models" / "registry.json").write_text(json.dumps({"description": "test", "models": []}))
+    monkeypatch.setattr(model_registry, "resource_path", lambda *parts: tmp_path.joinpath(*parts))
+    first = add_bundled_model(trained_model_path, "spheres", "card", description="d")
+    assert add_bundled_model(trained_model_path, "spheres", "card", description="d").version == first.version == 1
+    model = load_model(trained_model_path)
+    model.training = {**model.training, "seconds": model.training["seconds"] + 1}
+    retrained = save_model(model, tmp_path / "retrained.pt")  # another file
+    assert add_bundled_model(retrained, "spheres", "new card", description="d").version == 2
+    assert [(e.name, e.version) for e in available_models()] == [("spheres", 2)]
+    assert (tmp_path / "Models" / "spheres.md").read_text() == "new card"
+
+
 def test_unknown_names_and_missing_files_are_explained(tmp_path):
     with pytest.raises(ValueError, match="No model named 'heart'"):
         resolve_model("heart")

@@ -122,12 +122,18 @@ def register_model(
 
 def add_bundled_model(model_path: str | os.PathLike, name: str, card_text: str, *, description: str) -> ModelEntry:
     """Ship a model with the extension: copy it into ``Resources/Models`` as ``<name>.pt`` with its card
-    ``<name>.md``, and list it (with its SHA-256) in that folder's registry. For the developers, in a checkout."""
+    ``<name>.md``, and list it (with its SHA-256) in that folder's registry. For the developers, in a checkout.
+
+    A new file under the name of a shipped model replaces it with the next version number.
+    """
     from .modelfile import load_model
 
     model = load_model(model_path)
     registry = resource_path("Models", "registry.json")
     folder = Path(str(registry)).parent
+    document = json.loads(registry.read_text(encoding="utf-8"))
+    shipped = next((r for r in document["models"] if r["name"] == name), None)
+    version = 1 if shipped is None else shipped["version"] + (shipped["sha256"] != file_sha256(model_path))
     target = folder / f"{name}.pt"
     write_atomically(target, lambda temporary: shutil.copyfile(model_path, temporary))
     write_text_atomically(folder / f"{name}.md", card_text)
@@ -136,11 +142,10 @@ def add_bundled_model(model_path: str | os.PathLike, name: str, card_text: str, 
         landmark_set=model.config.landmark_set.name,
         file=target.name,
         sha256=file_sha256(target),
-        version=1,
+        version=version,
         description=description,
         card=f"{name}.md",
     )
-    document = json.loads(registry.read_text(encoding="utf-8"))
     document["models"] = [r for r in document["models"] if r["name"] != name] + [_user_record(entry)]
     write_text_atomically(registry, json.dumps(document, indent=2) + "\n")
     return entry
