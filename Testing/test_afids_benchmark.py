@@ -78,7 +78,8 @@ def test_a_model_that_clears_the_bar_is_shipped_with_its_card(afids_model, share
     assert (entry.name, entry.landmark_set) == (BUNDLED_NAME, "afids-32")
     card = (shipped / entry.card).read_text()
     assert "one image" in card
-    assert "never used for training or tuning" in card
+    assert "Colin27 was never used for training" in card
+    assert "slightly optimistic" in card  # it decides what is shipped
     assert "human raters" in card  # the Colin27 figures are in the card
     assert "augmentation one-shot," in card  # each training run, with its augmentation
     assert str(afids_model.parent) not in card  # the file scored is named, not where it lay on the trainer's disk
@@ -89,7 +90,7 @@ def test_the_shipped_model_still_clearly_beats_both_reference_points(shared_data
     model_file = model_registry.resolve_model(BUNDLED_NAME)  # checks the shipped file against its checksum
     summary = afids_benchmark.afids_benchmark(shared_data, model_file, tmp_path / "report")
     cascade = summary.split(f"cascade, {JUDGED_VARIANT}")[1].split()
-    # Measured when shipped: 3.16 mm mean, median 2.23 mm, 41% within 2 mm (its card); it was shipped for being at
-    # least BUNDLE_MARGIN_MM below the better reference point, the landmarker package's 3.77 mm.
+    # Measured when shipped (version 2): 2.98 mm mean, median 1.98 mm, 50% within 2 mm (its card); it was shipped
+    # for being at least BUNDLE_MARGIN_MM below the better reference point, the landmarker package's 3.77 mm.
     assert float(cascade[0]) <= afids_benchmark.LANDMARKER_MEAN_MM - afids_benchmark.BUNDLE_MARGIN_MM
     assert float(cascade[1]) < 3.07  # the median beats the no-model bar's too

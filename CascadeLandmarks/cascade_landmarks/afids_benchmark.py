@@ -150,8 +150,10 @@ def _model_card(model, summary: str, cascade_mm: np.ndarray) -> str:
             "",
             "Trained on **one image**, the MNI152 2009c asymmetric template T1 (1 mm) with its expert AFIDs, "
             "with random affine, elastic, mirror (paired labels swapped) and intensity augmentation. Scored on "
-            "Colin27, a different brain it never saw (never used for training or tuning), against the "
-            "consensus of the AFIDs raters. A research model: not for clinical use; check every point.",
+            "Colin27, a different brain it never saw, against the consensus of the AFIDs raters. Colin27 was "
+            "never used for training; its score decides whether a finished model is shipped (and chose between "
+            "finished candidates), which makes the figures below slightly optimistic. A research model: not for "
+            "clinical use; check every point.",
             "",
             "## Model",
             f"- Stage 1: whole-image U-Net (width {config.unet.width}, depth {config.unet.depth}) on a "
