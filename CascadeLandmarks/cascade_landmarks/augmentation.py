@@ -116,6 +116,12 @@ def with_settings(augmentation: Augmentation, settings: list[str]) -> Augmentati
     return replace(augmentation, **changes)
 
 
+# Landmarks are carried into the augmented image by a fixed-point iteration; it converges while the elastic
+# displacement stretches no region by as much as its own size (fine grids with large displacements fold space).
+INVERSE_TOLERANCE_MM = 1e-6
+INVERSE_ITERATIONS = 200
+
+
 def _rotation(angles_degrees: np.ndarray) -> np.ndarray:
     x, y, z = np.radians(angles_degrees)
     rx = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
@@ -148,26 +154,25 @@ class RandomTransform:
             controls[:, [0, -1], :, :] = 0.0
             controls[:, :, [0, -1], :] = 0.0
             controls[:, :, :, [0, -1]] = 0.0
-            self._controls = torch.from_numpy(controls.astype(np.float32))[None]
+            self._controls = torch.from_numpy(controls)[None]  # float64: landmarks are carried in full precision
         else:
             self._controls = None
 
     def displacement(self, points_lps: np.ndarray) -> np.ndarray:
-        """The elastic displacement (mm) at points (N, 3), smooth (trilinear between control points)."""
+        """The elastic displacement (mm) at points (N, 3), smooth (trilinear between control points), float64."""
         points = np.asarray(points_lps, dtype=float).reshape(-1, 3)
-        if self._controls is None:
-            return np.zeros_like(points)
-        return self.displacement_tensor(torch.from_numpy(points.astype(np.float32))).double().numpy()
+        return self.displacement_tensor(torch.from_numpy(points)).numpy()
 
     def displacement_tensor(self, points_lps: torch.Tensor) -> torch.Tensor:
-        """:meth:`displacement` for a float32 tensor of points (N, 3); zeros without an elastic part."""
+        """:meth:`displacement` for a tensor of points (N, 3), in its precision; zeros without an elastic part."""
         if self._controls is None:
             return torch.zeros_like(points_lps)
-        centre = torch.from_numpy((self.centre).astype(np.float32))
-        half = torch.from_numpy((self.extent / 2.0).astype(np.float32))
+        dtype = points_lps.dtype
+        centre = torch.as_tensor(self.centre, dtype=dtype)
+        half = torch.as_tensor(self.extent / 2.0, dtype=dtype)
         grid = ((points_lps - centre) / half).reshape(1, -1, 1, 1, 3)  # [-1, 1] over the box, (L, P, S)
         # grid_sample wants (x, y, z) = last, middle, first array axis; the controls are [c, L, P, S] -> permute.
-        controls = self._controls.permute(0, 1, 4, 3, 2)  # [1, 3, S, P, L]
+        controls = self._controls.to(dtype).permute(0, 1, 4, 3, 2)  # [1, 3, S, P, L]
         values = functional.grid_sample(controls, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         return values.reshape(3, -1).T
 
@@ -179,14 +184,21 @@ class RandomTransform:
         moved = flat + self.displacement(flat)
         return ((moved - self.centre) @ self.matrix.T + self.centre + self.translation).reshape(shape)
 
-    def to_output(self, points_in: np.ndarray, *, iterations: int = 30) -> np.ndarray:
-        """Where original points (LPS mm, (N, 3)) appear in the augmented image: the inverse of :meth:`to_input`."""
+    def to_output(self, points_in: np.ndarray) -> np.ndarray:
+        """Where original points (LPS mm, (N, 3)) appear in the augmented image: the inverse of :meth:`to_input`,
+        to :data:`INVERSE_TOLERANCE_MM`."""
         target = (np.asarray(points_in, dtype=float) - self.centre - self.translation) @ np.linalg.inv(self.matrix).T
         target = target + self.centre
         points = target.copy()
-        for _ in range(iterations):  # solve x + d(x) = target
+        for _ in range(INVERSE_ITERATIONS):  # solve x + d(x) = target
             points = target - self.displacement(points)
-        return points
+            miss = np.abs(points + self.displacement(points) - target).max(initial=0.0)
+            if miss < INVERSE_TOLERANCE_MM:
+                return points
+        raise ValueError(
+            f"The elastic deformation is too strong for its grid to carry the landmarks with the image (still "
+            f"{miss:.3g} mm off after {INVERSE_ITERATIONS} steps): lower elastic_mm or elastic_grid."
+        )
 
 
 class AugmentingSampler:

@@ -31,6 +31,7 @@ from .preprocessing import Sampler, patch_geometry, stage1_geometry
 from .volumes import case_name, is_volume_path, read_geometry, read_volume
 
 NEAR_RADIUS = 0.25  # "near" stage-2 training patches lie within this share of the stage-2 radius
+REDRAWS = 10  # random transforms drawn in a row before augmentation settings that fold space are refused
 
 
 @dataclass(frozen=True)
@@ -82,15 +83,24 @@ class TrainingCase:
     centre_lps: np.ndarray | None = None
     extent_mm: np.ndarray | None = None
 
-    def random_transform(self, augmentation: Augmentation, rng: Generator) -> RandomTransform | None:
-        return RandomTransform(augmentation, rng, self.centre_lps, self.extent_mm) if augmentation.spatial else None
+    def random_view(self, augmentation: Augmentation, rng: Generator) -> tuple[RandomTransform | None, np.ndarray]:
+        """A random transform of this case and where its landmarks go (LPS mm, (N, 3), in label order: a mirror
+        swaps twins); no transform and the landmarks as they are without spatial augmentation.
 
-    def landmarks_seen_through(self, transform: RandomTransform | None) -> np.ndarray:
-        """Landmark positions (LPS mm, (N, 3)) in the augmented image, in label order (twins swapped by a mirror)."""
-        if transform is None:
-            return self.landmarks_lps
-        moved = transform.to_output(self.landmarks_lps)
-        return moved[self.twins] if transform.mirrored else moved
+        A draw whose elastic part folds space (so that the landmarks cannot be carried) is drawn again; the
+        augmentation settings are refused when that keeps happening.
+        """
+        if not augmentation.spatial:
+            return None, self.landmarks_lps
+        for _ in range(REDRAWS):
+            transform = RandomTransform(augmentation, rng, self.centre_lps, self.extent_mm)
+            try:
+                moved = transform.to_output(self.landmarks_lps)
+            except ValueError as error:
+                problem = error
+                continue
+            return transform, moved[self.twins] if transform.mirrored else moved
+        raise ValueError(f"{self.name}: {REDRAWS} random transforms in a row folded space. {problem}")
 
 
 def find_cases(source: str | os.PathLike) -> list[CaseFiles]:
@@ -215,10 +225,10 @@ def stage1_batch(
     for _ in range(batch_size):
         case = cases[int(rng.integers(len(cases)))]
         if augmentation.enabled:
-            transform = case.random_transform(augmentation, rng)
+            transform, landmarks = case.random_view(augmentation, rng)
             array = case.augmenter.sample(case.stage1_grid, transform)
             array = change_intensity(array, augmentation, rng, config.stage1_spacing_mm)
-            ijk = case.stage1_grid.lps_to_index(case.landmarks_seen_through(transform))
+            ijk = case.stage1_grid.lps_to_index(landmarks)
         else:
             array, ijk = case.stage1_input, case.stage1_ijk
         if config.stage1_mode == "patch":
@@ -282,8 +292,7 @@ def _augmented_patches(
     case: TrainingCase, augmentation: Augmentation, rng: Generator, config: CascadeConfig, near_share: float
 ):
     """Stage-2 patches around each landmark of one random transform of the case, and their targets (mm)."""
-    transform = case.random_transform(augmentation, rng)
-    landmarks = case.landmarks_seen_through(transform)
+    transform, landmarks = case.random_view(augmentation, rng)
     patches, targets = [], []
     for position in landmarks:
         direction = rng.normal(size=3)
