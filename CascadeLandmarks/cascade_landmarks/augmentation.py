@@ -190,9 +190,11 @@ class RandomTransform:
         target = (np.asarray(points_in, dtype=float) - self.centre - self.translation) @ np.linalg.inv(self.matrix).T
         target = target + self.centre
         points = target.copy()
+        displacement = self.displacement(points)
         for _ in range(INVERSE_ITERATIONS):  # solve x + d(x) = target
-            points = target - self.displacement(points)
-            miss = np.abs(points + self.displacement(points) - target).max(initial=0.0)
+            points = target - displacement
+            displacement = self.displacement(points)
+            miss = np.abs(points + displacement - target).max(initial=0.0)
             if miss < INVERSE_TOLERANCE_MM:
                 return points
         raise ValueError(
