@@ -69,6 +69,14 @@ def test_a_file_from_a_newer_version_is_refused(tmp_path, small_model):
         load_model(tmp_path / "new.pt")
 
 
+def test_a_setting_from_a_newer_version_is_named_and_refused(tmp_path, small_model):
+    state = small_model.state()
+    state["config"] = json.dumps({**json.loads(state["config"]), "mirror_stage3": True})
+    torch.save(state, tmp_path / "new.pt")
+    with pytest.raises(ValueError, match=r"settings mirror_stage3 are unknown .* Update CascadeLandmarks"):
+        load_model(tmp_path / "new.pt")
+
+
 def test_a_model_for_another_landmark_set_is_refused(tmp_path, small_model):
     path = save_model(small_model, tmp_path / "m.pt")
     with pytest.raises(ValueError, match="finds landmark set spheres-3, not cardiac-5"):

@@ -4,7 +4,7 @@ file) and how it is trained (:class:`TrainingConfig`, saved beside it in the tra
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from .augmentation import NO_AUGMENTATION, Augmentation
 from .landmark_sets import LandmarkSet, landmark_set_from_dict
@@ -97,6 +97,12 @@ class CascadeConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> CascadeConfig:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"settings {', '.join(unknown)} are unknown to this CascadeLandmarks: the model was made by a newer "
+                "version. Update CascadeLandmarks to use it."
+            )
         data = dict(data)
         data["landmark_set"] = landmark_set_from_dict(data["landmark_set"])
         data["unet"] = HeatmapUNetConfig(**data["unet"])

@@ -25,7 +25,8 @@ from .config import CascadeConfig
 from .models import DisplacementCNN, HeatmapUNet
 
 FORMAT = "cascade-landmarks-model"
-FORMAT_VERSION = 1
+# 2: detection settings added since 1 (stage-2 mirroring), which a reader of version 1 cannot take.
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -118,7 +119,7 @@ def model_from_state(state: dict, *, source: str = "model", landmark_set: str | 
         config = CascadeConfig.from_dict(json.loads(state["config"]))
         training = json.loads(state.get("training", "{}"))
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{source} has a damaged configuration ({error}).") from error
+        raise ValueError(f"{source}: cannot read its configuration ({error}).") from error
     if landmark_set is not None and config.landmark_set.name != landmark_set:
         raise ValueError(
             f"{source} finds landmark set {config.landmark_set.name}, not {landmark_set}; pick a model for "
