@@ -221,7 +221,8 @@ def _augmentation_name(settings: dict) -> str:
         return [f"{k}={v:g}" for k, v in settings.items() if PRESETS[preset].to_dict().get(k) != v]
 
     closest = min(PRESETS, key=lambda preset: len(changed(preset)))
-    return " with ".join([closest, ", ".join(changed(closest))]) if changed(closest) else closest
+    differences = changed(closest)
+    return f"{closest} with {', '.join(differences)}" if differences else closest
 
 
 def _summary_line(name: str, errors_mm: np.ndarray) -> str:

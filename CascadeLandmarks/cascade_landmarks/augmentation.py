@@ -176,19 +176,28 @@ class RandomTransform:
         values = functional.grid_sample(controls, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         return values.reshape(3, -1).T
 
+    @property
+    def affine_matrix(self) -> np.ndarray:
+        """The affine part as a 4x4 homogeneous matrix (LPS mm to LPS mm), about the box's centre."""
+        affine = np.eye(4)
+        affine[:3, :3] = self.matrix
+        affine[:3, 3] = self.centre + self.translation - self.matrix @ self.centre
+        return affine
+
     def to_input(self, points_out: np.ndarray) -> np.ndarray:
         """Where each point of the augmented image comes from in the original (LPS mm, (..., 3))."""
         points = np.asarray(points_out, dtype=float)
         shape = points.shape
         flat = points.reshape(-1, 3)
         moved = flat + self.displacement(flat)
-        return ((moved - self.centre) @ self.matrix.T + self.centre + self.translation).reshape(shape)
+        affine = self.affine_matrix
+        return (moved @ affine[:3, :3].T + affine[:3, 3]).reshape(shape)
 
     def to_output(self, points_in: np.ndarray) -> np.ndarray:
         """Where original points (LPS mm, (N, 3)) appear in the augmented image: the inverse of :meth:`to_input`,
         to :data:`INVERSE_TOLERANCE_MM`."""
-        target = (np.asarray(points_in, dtype=float) - self.centre - self.translation) @ np.linalg.inv(self.matrix).T
-        target = target + self.centre
+        inverse = np.linalg.inv(self.affine_matrix)
+        target = np.asarray(points_in, dtype=float) @ inverse[:3, :3].T + inverse[:3, 3]
         points = target.copy()
         displacement = self.displacement(points)
         for _ in range(INVERSE_ITERATIONS):  # solve x + d(x) = target
@@ -215,30 +224,29 @@ class AugmentingSampler:
         """Windowed intensities on ``geometry`` (float32, shape ``geometry.shape``), seen through ``transform``.
 
         Computed in float32 torch in one go (training samples millions of points per step): the output grid's
-        points, the elastic displacement, then one affine map folding the transform's affine part, this volume's
+        points, the elastic displacement, then one 4x4 map folding the transform's affine part, this volume's
         LPS-to-index map and grid_sample's [-1, 1] normalisation together.
         """
         k, j, i = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in geometry.shape], indexing="ij")
         ijk = torch.stack([i, j, k], dim=-1).reshape(-1, 3)
-        points = ijk @ _tensor(geometry.direction * geometry.spacing).T + _tensor(geometry.origin)
-        matrix, offset = np.eye(3), np.zeros(3)  # input point = matrix @ (point + displacement) + offset
+        points = _affine(ijk, geometry.index_to_lps_matrix)
+        affine = np.eye(4)
         if transform is not None:
             points = points + transform.displacement_tensor(points)
-            matrix = transform.matrix
-            offset = transform.centre + transform.translation - transform.matrix @ transform.centre
+            affine = transform.affine_matrix
         volume = self.geometry
-        to_index = volume.direction.T / volume.spacing[:, None]  # LPS offset from the origin -> (i, j, k)
-        to_grid = np.diag(2.0 / (np.asarray(volume.size) - 1))  # (i, j, k) -> grid_sample's [-1, 1]
-        full = to_grid @ to_index @ matrix
-        shift = to_grid @ to_index @ (offset - volume.origin) - 1.0
-        normalised = points @ _tensor(full).T + _tensor(shift)
+        to_grid = np.diag([*(2.0 / (np.asarray(volume.size) - 1)), 1.0])  # (i, j, k) -> grid_sample's [-1, 1]
+        to_grid[:3, 3] = -1.0
+        normalised = _affine(points, to_grid @ np.linalg.inv(volume.index_to_lps_matrix) @ affine)
         grid = normalised.reshape(1, -1, 1, 1, 3)  # (i, j, k) = grid_sample's (x, y, z)
         values = functional.grid_sample(self.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         return values.reshape(geometry.shape).numpy()
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+def _affine(points: torch.Tensor, matrix: np.ndarray) -> torch.Tensor:
+    """Points (N, 3) through a 4x4 homogeneous matrix, in float32."""
+    matrix = torch.from_numpy(np.asarray(matrix, dtype=np.float32))
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
 
 
 def change_intensity(array: np.ndarray, augmentation: Augmentation, rng: np.random.Generator, spacing_mm: float):
