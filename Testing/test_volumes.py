@@ -3,6 +3,8 @@ bad input gets an error naming the file and the problem."""
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -23,6 +25,18 @@ def test_each_file_format_keeps_voxels_and_geometry(tmp_path, oblique_volume, su
     assert again.geometry.same_as(oblique_volume.geometry, tolerance_mm=1e-3)
     marked = oblique_volume.geometry.index_to_lps(MARKED_VOXELS)
     np.testing.assert_array_equal(values_at(again, marked), MARKER_VALUES)
+
+
+def test_the_voxels_of_a_read_volume_outlive_the_volume_object(tmp_path, oblique_volume):
+    # A script keeps only the array, or puts it under another geometry: the voxels must stay the file's, not
+    # memory freed with the image SimpleITK read (it did, silently, before the array held the image).
+    path = write_volume(oblique_volume, tmp_path / "case.nrrd")
+    array = read_volume(path).array
+    gc.collect()
+    overwrite_freed_memory = [np.full(oblique_volume.array.shape, 7777, np.int16) for _ in range(20)]
+    np.testing.assert_array_equal(array, oblique_volume.array)
+    assert not array.flags.writeable, "the voxels are shared with the image read, so read-only"
+    assert overwrite_freed_memory
 
 
 def test_a_dicom_series_folder_is_read_with_its_oblique_geometry(tmp_path, oblique_volume):

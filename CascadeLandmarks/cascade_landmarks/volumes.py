@@ -58,9 +58,22 @@ class Volume:
         """Check a SimpleITK image and take its voxels and geometry; ``source`` names it in errors."""
         image = _as_scalar_3d(image, source)
         geometry = _geometry_of(image, source)
-        array = sitk.GetArrayViewFromImage(image)
+        array = np.asarray(_ImageVoxels(image))
         check_voxel_values(array, source=source)
         return cls(array=array, geometry=geometry, _image=image)
+
+
+class _ImageVoxels:
+    """An image's voxels for numpy without a copy, kept alive with the image.
+
+    ``sitk.GetArrayViewFromImage`` alone returns a view that does not keep its image alive: once the image is
+    freed the view reads freed memory (``read_volume(path).array`` held on its own then gave wrong values). An
+    array made from this object holds it, and so the image, as its base.
+    """
+
+    def __init__(self, image: sitk.Image) -> None:
+        self.image = image
+        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
 
 
 def is_volume_path(path: str | os.PathLike) -> bool:
