@@ -64,6 +64,11 @@ def test_the_report_puts_the_model_beside_the_raters_and_the_no_model_bar(afids_
         assert {"raters_mean"} <= set(rows[0])  # the human bar per fiducial, beside the model
         assert (folder / "errors.png").stat().st_size > 0
         assert (folder / "qc-colin27.png").stat().st_size > 0
+    # Where the raters split (the occipital horns), the model's point is set against the placements themselves,
+    # and the figures are given again without those fiducials; the human bar without them is 1.11 mm.
+    assert "Where the raters split: fiducials 29, 30." in summary
+    assert lines["human raters, 30 fiducials"][0] == "1.11"
+    assert f"cascade, {JUDGED_VARIANT}, 30 fiducials" in lines
     # A model trained for six iterations beats nothing: it is not shipped, and the user is told why.
     assert "Not bundled" in summary
     assert available_models() == []

@@ -12,12 +12,14 @@ are scored; the MNI origin, the frame the fiducials were placed in, is the one a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .coordinates import Geometry
 from .landmark_sets import load_landmark_set
+from .landmarks import Landmarks
 from .volumes import Volume
 
 COLIN27 = Path("real") / "afids-colin27"
@@ -33,6 +35,9 @@ BUNDLED_NAME = "afids-32-mni152"
 # Issue 6's target: mean error at most 2.5 mm with more than 60% of the fiducials within 2 mm.
 TARGET_MEAN_MM = 2.5
 TARGET_WITHIN_2MM = 0.6
+# A consensus farther than this from every rater placement is a point none of them chose: the raters split there
+# (on Colin27, fiducials 29 and 30 at 7.2 and 5.9 mm; every other consensus is within 0.6 mm of a placement).
+UNPLACED_CONSENSUS_MM = 3.0
 
 
 def afids_benchmark(
@@ -54,7 +59,8 @@ def afids_benchmark(
     data, output = Path(data), Path(output)
     model = load_model(model_path)
     afids = load_landmark_set("afids-32")
-    reference, raters_mm, no_model_mm = afids_reference_errors(data)
+    reference = load_afids_reference(data)
+    raters_mm, no_model_mm = reference.raters_mm, reference.no_model_mm
 
     shipped = read_volume(data / COLIN27 / "ch2.nii.gz")
     g = shipped.geometry
@@ -70,12 +76,12 @@ def afids_benchmark(
         _summary_line("no model (template coordinates)", no_model_mm),
         _summary_line("human raters", raters_mm),
     ]
-    judged = None
+    judged_detection = None
     for name, volume in variants.items():
         detection = detect(volume, model, device=device)
         errors = {
-            "stage1": np.linalg.norm(detection.stage1_lps - reference.positions_lps, axis=1)[None],
-            "cascade": np.linalg.norm(detection.positions_lps - reference.positions_lps, axis=1)[None],
+            "stage1": np.linalg.norm(detection.stage1_lps - reference.consensus.positions_lps, axis=1)[None],
+            "cascade": np.linalg.norm(detection.positions_lps - reference.consensus.positions_lps, axis=1)[None],
         }
         evaluation = Evaluation(
             labels=afids.labels,
@@ -84,38 +90,99 @@ def afids_benchmark(
             confidence=detection.confidence[None],
             flagged=detection.flagged[None],
             detections=[detection],
-            references=[reference],
+            references=[reference.consensus],
             raters_mm=raters_mm,
         )
         folder = output / name.replace(" ", "-")
         write_tables(evaluation, folder)
         write_error_plot(evaluation, folder / "errors.png", title=f"AFIDs on Colin27, {name}: mean error (mm)")
-        write_png(folder / "qc-colin27.png", quality_control_image(volume, reference, detection))
+        write_png(folder / "qc-colin27.png", quality_control_image(volume, reference.consensus, detection))
         lines.append(_summary_line(f"stage 1, {name}", errors["stage1"]))
         lines.append(_summary_line(f"cascade, {name}", errors["cascade"]))
         if name == JUDGED_VARIANT:
-            judged = errors["cascade"].ravel()
-    summary = "\n".join(lines)
+            judged_detection = detection
+    lines += ["", *_split_raters_lines(reference, judged_detection.positions_lps)]
+    summary = "\n".join(lines).rstrip()
     if bundle:
-        summary += "\n\n" + _bundle(model_path, model, summary, judged, no_model_mm)
+        judged_mm = np.linalg.norm(judged_detection.positions_lps - reference.consensus.positions_lps, axis=1)
+        summary += "\n\n" + _bundle(model_path, model, summary, judged_mm, no_model_mm)
     write_text_atomically(output / "summary.md", summary + "\n")
     return summary
 
 
-def afids_reference_errors(data: str | Path):
-    """The Colin27 consensus fiducials (LPS), each rater placement's distance to them (placements, 32), and the
-    no-model bar: the template's fiducials copied onto Colin27 at the same coordinates (32,)."""
+@dataclass(frozen=True)
+class AfidsReference:
+    """What a model on Colin27 is measured against, in LPS mm.
+
+    Attributes:
+        consensus: Colin27's consensus fiducials (the mean of the rater placements), 32 points.
+        raters_lps: every rater session's placements, shape (sessions, 32, 3).
+        template_lps: the template's fiducials, shape (32, 3); copied onto Colin27 they are the no-model bar.
+    """
+
+    consensus: Landmarks
+    raters_lps: np.ndarray
+    template_lps: np.ndarray
+
+    @property
+    def raters_mm(self) -> np.ndarray:
+        """Each rater placement's distance to the consensus, shape (sessions, 32): the human bar."""
+        return np.linalg.norm(self.raters_lps - self.consensus.positions_lps, axis=-1)
+
+    @property
+    def no_model_mm(self) -> np.ndarray:
+        """The template's fiducials copied onto Colin27 at the same coordinates: distance to the consensus (32,)."""
+        return np.linalg.norm(self.template_lps - self.consensus.positions_lps, axis=-1)
+
+    def unplaced_consensus(self) -> np.ndarray:
+        """Indices of the fiducials whose consensus lies farther than ``UNPLACED_CONSENSUS_MM`` from every rater
+        placement: the raters split there, and the consensus is a point between them that none of them chose."""
+        return np.flatnonzero(self.raters_mm.min(axis=0) > UNPLACED_CONSENSUS_MM)
+
+
+def load_afids_reference(data: str | Path) -> AfidsReference:
+    """Colin27's consensus and rater fiducials and the template's, from the shared data folder."""
     from .landmarks import read_landmarks
 
     data = Path(data)
     afids = load_landmark_set("afids-32")
-    reference = afids.match(read_landmarks(data / COLIN27 / "tpl-MNIColin27_desc-groundtruth_afids.fcsv"))
     rater_files = sorted((data / COLIN27 / "raters").glob("*.fcsv"))
-    raters = np.stack([afids.match(read_landmarks(p), source=p.name).positions_lps for p in rater_files])
-    template = afids.match(read_landmarks(data / MNI152 / "tpl-MNI152NLin2009cAsym_res-01_desc-groundtruth_afids.fcsv"))
-    raters_mm = np.linalg.norm(raters - reference.positions_lps, axis=-1)
-    no_model_mm = np.linalg.norm(template.positions_lps - reference.positions_lps, axis=-1)
-    return reference, raters_mm, no_model_mm
+    template = data / MNI152 / "tpl-MNI152NLin2009cAsym_res-01_desc-groundtruth_afids.fcsv"
+    return AfidsReference(
+        consensus=afids.match(read_landmarks(data / COLIN27 / "tpl-MNIColin27_desc-groundtruth_afids.fcsv")),
+        raters_lps=np.stack([afids.match(read_landmarks(p), source=p.name).positions_lps for p in rater_files]),
+        template_lps=afids.match(read_landmarks(template)).positions_lps,
+    )
+
+
+def _split_raters_lines(reference: AfidsReference, cascade_lps: np.ndarray) -> list[str]:
+    """Where the raters split, the model's point against the placements themselves, and every figure without
+    those fiducials (measured against the consensus, as above)."""
+    unplaced = reference.unplaced_consensus()
+    if not len(unplaced):
+        return []
+    names = ", ".join(reference.consensus.labels[i] for i in unplaced)
+    nearest = " and ".join(f"{reference.raters_mm[:, i].min():.1f}" for i in unplaced)
+    sessions = len(reference.raters_lps)
+    lines = [
+        f"Where the raters split: fiducials {names}. Their consensus (the raters' mean) is a point no rater",
+        f"placed: the nearest of the {sessions} placements lies {nearest} mm from it. The cascade ({JUDGED_VARIANT}):",
+    ]
+    cascade_mm = np.linalg.norm(cascade_lps - reference.consensus.positions_lps, axis=-1)
+    for i in unplaced:
+        to_placements = np.linalg.norm(reference.raters_lps[:, i] - cascade_lps[i], axis=-1)
+        near = np.sum(to_placements <= 4.0)
+        lines.append(
+            f"  {reference.consensus.labels[i]}: {cascade_mm[i]:.1f} mm from the consensus, "
+            f"{to_placements.min():.1f} mm from the nearest placement, {near} of {sessions} placements within 4 mm"
+        )
+    kept = np.setdiff1d(np.arange(len(reference.consensus.labels)), unplaced)
+    lines += [
+        "Without them:",
+        _summary_line(f"cascade, {JUDGED_VARIANT}, {len(kept)} fiducials", cascade_mm[kept]),
+        _summary_line(f"human raters, {len(kept)} fiducials", reference.raters_mm[:, kept]),
+    ]
+    return lines
 
 
 def _bundle(model_path, model, summary: str, cascade_mm: np.ndarray, no_model_mm: np.ndarray) -> str:
