@@ -4,6 +4,7 @@ volume's orientation, without touching the input."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from cascade_landmarks import Geometry, read_landmarks, read_volume, resample
 from cascade_landmarks.detector import detect
 from cascade_landmarks.devices import select_device
+from cascade_landmarks.modelfile import load_model
 from cascade_landmarks.volumes import resample_to_geometry
 
 from conftest import rotation
@@ -54,14 +56,20 @@ def test_the_detect_command_writes_one_markups_file_per_volume_and_a_csv(tmp_pat
     volumes = [synthetic_data / "test" / f"case{n}.nrrd" for n in (100, 101)]
     result = subprocess.run(
         [str(BIN / "cascade-landmarks"), "detect", str(trained_model_path), *map(str, volumes),
-         "-o", str(tmp_path / "out"), "--coordinate-system", "RAS", "--stage2-passes", "2", "--quiet"],
+         "-o", str(tmp_path / "out"), "--coordinate-system", "RAS", "--stage2-passes", "2", "--mirror-stage2",
+         "--quiet"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    # The detection settings given on the command line are the ones used, for this run only.
+    model = load_model(trained_model_path)
+    assert not model.config.mirror_stage2
+    model.config = dataclasses.replace(model.config, stage2_passes=2, mirror_stage2=True)
     for volume in volumes:
         points = read_landmarks(tmp_path / "out" / volume.name.replace(".nrrd", ".mrk.json"))
-        expected = detect(volume, trained_model_path, stage2_passes=2).positions_lps
-        np.testing.assert_allclose(points.positions_lps, expected, atol=1e-9)
+        np.testing.assert_allclose(points.positions_lps, detect(volume, model).positions_lps, atol=1e-9)
+        without_mirroring = detect(volume, trained_model_path, stage2_passes=2).positions_lps
+        assert np.abs(points.positions_lps - without_mirroring).max() > 1e-3
     with open(tmp_path / "out" / "detections.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["case"] for row in rows] == ["case100"] * 3 + ["case101"] * 3
@@ -94,7 +102,6 @@ def test_a_coarser_copy_of_the_volume_still_gives_the_points_within_a_millimetre
 
 def test_each_stage2_pass_starts_from_where_the_last_left_the_point(trained_model_path, synthetic_data):
     from cascade_landmarks.detector import predict_displacements
-    from cascade_landmarks.modelfile import load_model
     from cascade_landmarks.preprocessing import Sampler
 
     model = load_model(trained_model_path)
@@ -115,10 +122,8 @@ def test_each_stage2_pass_starts_from_where_the_last_left_the_point(trained_mode
 def test_a_model_file_carries_its_pass_count_and_older_files_read_as_one_pass(
     tmp_path, trained_model_path, synthetic_data
 ):
-    import dataclasses
-
     from cascade_landmarks.config import CascadeConfig
-    from cascade_landmarks.modelfile import load_model, save_model
+    from cascade_landmarks.modelfile import save_model
 
     model = load_model(trained_model_path)
     written_before_passes = model.config.to_dict()
@@ -135,10 +140,7 @@ def test_a_model_file_carries_its_pass_count_and_older_files_read_as_one_pass(
 
 
 def test_test_time_mirroring_makes_the_cascade_exactly_mirror_symmetric(tmp_path, trained_model_path, synthetic_data):
-    import dataclasses
-
     from cascade_landmarks import Volume
-    from cascade_landmarks.modelfile import load_model
 
     model = load_model(trained_model_path)
     volume = read_volume(synthetic_data / "test" / "case101.nrrd")

@@ -179,6 +179,10 @@ def test_fine_tuning_starts_from_the_model_and_records_it(tmp_path, trained_mode
                   progress=False, config_settings={"stage2_passes": 2, "patch_size": 64})  # fmt: skip
     # The network settings stay the model's; the pass count, which changes no weights, may be set anew.
     assert tuned.config == dataclasses.replace(before.config, stage2_passes=2)
+    # Only detection settings change on a trained model, and a misspelt one is named, not ignored.
+    assert tuned.config.with_detection_settings(mirror_stage1=None).mirror_stage1 == before.config.mirror_stage1
+    with pytest.raises(ValueError, match=r"patch_size: not detection settings; those are stage2_passes"):
+        tuned.config.with_detection_settings(patch_size=32)
     assert tuned.training["fine_tuned_from"] == str(trained_model_path)
     assert tuned.training["previous_training"]["cases"] == before.training["cases"]
     # A few small steps from the trained weights, not a fresh start: as good as the model it came from.

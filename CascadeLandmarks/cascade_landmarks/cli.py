@@ -29,14 +29,14 @@ import numpy as np
 from .atomic_files import write_text_atomically
 from .augmentation import PRESETS as AUGMENTATION_PRESETS
 from .augmentation import with_settings
-from .config import FINE_TUNING_LEARNING_RATE, LEARNING_RATE_SCHEDULES, TrainingConfig
+from .config import DETECTION_SETTINGS, FINE_TUNING_LEARNING_RATE, LEARNING_RATE_SCHEDULES, TrainingConfig
 from .detector import detect, write_detections_csv
 from .evaluation import evaluate, write_tables
 from .figures import quality_control_image, write_error_plot, write_png
 from .landmark_sets import available_landmark_sets, load_landmark_set
 from .landmarks import Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
 from .model_registry import resolve_model
-from .modelfile import load_model
+from .modelfile import CascadeModel, load_model
 from .phantoms import FORMATS as PHANTOM_FORMATS
 from .phantoms import PHANTOMS, phantom, write_phantoms
 from .preprocessing import IntensityWindow
@@ -217,21 +217,7 @@ def _add_train_parser(commands) -> None:
     model.add_argument("--unet-width", type=int, default=8)
     model.add_argument("--unet-depth", type=int, default=3)
     model.add_argument("--heatmap-sigma", type=float, default=3.0, help="target width in stage-1 voxels")
-    model.add_argument(
-        "--stage2-passes", type=int, help=PASSES_HELP + " (default: 1, the paper; also taken with --init-from)"
-    )
-    model.add_argument(
-        "--mirror-stage1",
-        action="store_true",
-        help="test-time left/right mirroring of stage 1 with twin labels swapped, for symmetric anatomy such as "
-        "the brain (also taken with --init-from)",
-    )
-    model.add_argument(
-        "--mirror-stage2",
-        action="store_true",
-        help="the same for stage 2: each displacement averaged with the twin network's on the mirrored patch "
-        "(also taken with --init-from)",
-    )
+    _add_detection_options(model, "default: the model's with --init-from, else the paper's: one pass, no mirroring")
     model.add_argument(
         "--intensity",
         default="fixed:-1000:2000",
@@ -277,11 +263,7 @@ def _run_train(args: argparse.Namespace) -> int:
     }
     if args.stage2_radius is not None:
         settings["stage2_radius_mm"] = args.stage2_radius
-    if args.stage2_passes is not None:
-        settings["stage2_passes"] = args.stage2_passes
-    for setting in ("mirror_stage1", "mirror_stage2"):
-        if getattr(args, setting):
-            settings[setting] = True
+    settings.update(_detection_settings(args))
     model = train(
         args.data,
         args.output,
@@ -318,13 +300,43 @@ def _add_detect_parser(commands) -> None:
     parser.add_argument("-o", "--output", required=True, help="folder for the results")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--coordinate-system", choices=["LPS", "RAS"], default="LPS", help="frame of the outputs")
-    parser.add_argument("--stage2-passes", type=int, help=PASSES_HELP + " (default: the model's)")
+    _add_detection_options(parser, "default: the model's")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_detect)
 
 
-def _run_detect(args: argparse.Namespace) -> int:
+def _add_detection_options(parser, defaults: str) -> None:
+    """The detection settings (``config.DETECTION_SETTINGS``), which may change on a trained model."""
+    parser.add_argument("--stage2-passes", type=int, help=f"{PASSES_HELP} ({defaults})")
+    parser.add_argument(
+        "--mirror-stage1",
+        action=argparse.BooleanOptionalAction,
+        help="test-time left/right mirroring of stage 1 with twin labels swapped, for symmetric anatomy such as "
+        f"the brain ({defaults})",
+    )
+    parser.add_argument(
+        "--mirror-stage2",
+        action=argparse.BooleanOptionalAction,
+        help=f"the same for stage 2: each displacement averaged with the twin network's on the mirrored patch "
+        f"({defaults})",
+    )
+
+
+def _detection_settings(args: argparse.Namespace) -> dict:
+    """The detection settings given on the command line (those not given are left out)."""
+    given = {name: getattr(args, name) for name in DETECTION_SETTINGS}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _model_for_detection(args: argparse.Namespace) -> CascadeModel:
+    """The model file named on the command line, with the detection settings given there."""
     model = load_model(args.model)
+    model.config = model.config.with_detection_settings(**_detection_settings(args))
+    return model
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    model = _model_for_detection(args)
     output = Path(args.output)
     names = [case_name(path) for path in args.volumes]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -337,7 +349,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         def report(step: str, fraction: float, index=index, name=name) -> None:
             bar.update(int(100 * (index + fraction)), case=name, step=step)
 
-        detection = detect(path, model, device=args.device, progress=report, stage2_passes=args.stage2_passes)
+        detection = detect(path, model, device=args.device, progress=report)
         write_landmarks(detection.landmarks(), output / f"{name}.mrk.json", coordinate_system=args.coordinate_system)
         detections[name] = detection
         bar.update(100 * (index + 1), flagged=int(detection.flagged.sum()))
@@ -358,7 +370,7 @@ def _add_evaluate_parser(commands) -> None:
     parser.add_argument("-o", "--output", required=True, help="folder for the report")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--no-qc", action="store_true", help="skip the quality-control images")
-    parser.add_argument("--stage2-passes", type=int, help=PASSES_HELP + " (default: the model's)")
+    _add_detection_options(parser, "default: the model's")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_evaluate)
 
@@ -371,12 +383,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             write_png(output / "qc" / f"{name}.png", quality_control_image(volume, reference, detection))
 
     evaluation = evaluate(
-        args.model,
-        args.data,
-        device=args.device,
-        progress=not args.quiet,
-        on_case=quality_control,
-        stage2_passes=args.stage2_passes,
+        _model_for_detection(args), args.data, device=args.device, progress=not args.quiet, on_case=quality_control
     )
     written = write_tables(evaluation, output)
     written.append(write_error_plot(evaluation, output / "errors.png"))

@@ -4,7 +4,7 @@ file) and how it is trained (:class:`TrainingConfig`, saved beside it in the tra
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from .augmentation import NO_AUGMENTATION, Augmentation
 from .landmark_sets import LandmarkSet, landmark_set_from_dict
@@ -89,6 +89,18 @@ class CascadeConfig:
             raise ValueError(f"stage2_passes must be at least 1, not {self.stage2_passes}.")
         if not 0 < self.heatmap_height <= 1 or self.heatmap_sigma <= 0:
             raise ValueError("Heatmap height must lie in (0, 1] and sigma must be positive.")
+
+    def with_detection_settings(self, **settings) -> CascadeConfig:
+        """This configuration with some of its ``DETECTION_SETTINGS`` changed (``None`` keeps the current value).
+
+        They change how a trained model detects, not what it learnt, so they may change on a trained model.
+        """
+        unknown = sorted(set(settings) - set(DETECTION_SETTINGS))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)}: not detection settings; those are {', '.join(DETECTION_SETTINGS)}."
+            )
+        return replace(self, **{name: value for name, value in settings.items() if value is not None})
 
     def to_dict(self) -> dict:
         data = asdict(self)

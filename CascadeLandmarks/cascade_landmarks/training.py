@@ -164,8 +164,8 @@ def train(
     base_model = load_model(init_from) if init_from is not None and checkpoint is None else None
     if base_model is not None:
         config = base_model.config
-        changes = {k: v for k, v in (config_settings or {}).items() if k in DETECTION_SETTINGS and v is not None}
-        config = dataclasses.replace(config, **changes)
+        changes = {k: v for k, v in (config_settings or {}).items() if k in DETECTION_SETTINGS}
+        config = config.with_detection_settings(**changes)
 
     if isinstance(landmark_set, str):
         landmark_set = load_landmark_set(landmark_set)
