@@ -317,7 +317,7 @@ def _add_detection_options(parser, defaults: str) -> None:
     parser.add_argument(
         "--mirror-stage2",
         action=argparse.BooleanOptionalAction,
-        help=f"the same for stage 2: each displacement averaged with the twin network's on the mirrored patch "
+        help="the same for stage 2: each displacement averaged with the twin network's on the mirrored patch "
         f"({defaults})",
     )
 
