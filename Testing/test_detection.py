@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import itertools
 import subprocess
 import sys
 import warnings
@@ -117,6 +118,24 @@ def test_each_stage2_pass_starts_from_where_the_last_left_the_point(trained_mode
     np.testing.assert_allclose(twice.stage2_shift_mm, np.linalg.norm(twice.positions_lps - twice.stage1_lps, axis=1))
     with pytest.raises(ValueError, match="at least once"):
         detect(volume, model, stage2_passes=0)
+
+
+def test_a_tolerance_stops_the_passes_once_none_moves_a_point_that_far(trained_model_path, synthetic_data):
+    model = load_model(trained_model_path)
+    volume = read_volume(synthetic_data / "test" / "case102.nrrd")
+    fixed = [detect(volume, model, stage2_passes=n).positions_lps for n in range(1, 7)]
+    largest_moves = [np.linalg.norm(b - a, axis=1).max() for a, b in itertools.pairwise(fixed)]
+    assert largest_moves[0] > largest_moves[-1] > 0  # the passes settle, but never stop moving quite
+    # A tolerance between the largest moves of passes 2 and 3 ends detection after pass 3, out of 6 allowed.
+    tolerance = (largest_moves[0] + largest_moves[1]) / 2
+    assert largest_moves[0] > tolerance >= largest_moves[1]
+    model.config = model.config.with_detection_settings(stage2_passes=6, stage2_tolerance_mm=tolerance)
+    np.testing.assert_allclose(detect(volume, model).positions_lps, fixed[2], atol=1e-6)
+    # No tolerance: always the count given.
+    model.config = model.config.with_detection_settings(stage2_tolerance_mm=0.0)
+    np.testing.assert_allclose(detect(volume, model).positions_lps, fixed[5], atol=1e-6)
+    with pytest.raises(ValueError, match="stage2_tolerance_mm must be 0"):
+        model.config.with_detection_settings(stage2_tolerance_mm=-1.0)
 
 
 def test_a_model_file_carries_its_pass_count_and_older_files_read_as_one_pass(

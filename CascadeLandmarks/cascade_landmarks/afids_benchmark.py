@@ -230,7 +230,7 @@ def _model_card(model, summary: str, cascade_mm: np.ndarray) -> str:
             + ("; test-time left/right mirroring, twin labels swapped." if config.mirror_stage1 else "."),
             f"- Stage 2: one CNN per fiducial on {config.displacement.patch_size}^3 patches of "
             f"{config.stage2_spacing_mm:g} mm, corrections up to {config.stage2_radius_mm:g} mm per pass, "
-            f"{config.stage2_passes} pass(es) at detection"
+            + _passes_text(config)
             + ("; test-time left/right mirroring, twin networks on mirrored patches." if config.mirror_stage2 else "."),
             "",
             "## Training runs (Adam; each run starts from the one before)",
@@ -249,6 +249,15 @@ def _model_card(model, summary: str, cascade_mm: np.ndarray) -> str:
             "",
         ]
     )
+
+
+def _passes_text(config) -> str:
+    if config.stage2_tolerance_mm:
+        return (
+            f"passes at detection until one moves no point farther than {config.stage2_tolerance_mm:g} mm (at most "
+            f"{config.stage2_passes})"
+        )
+    return f"{config.stage2_passes} pass(es) at detection"
 
 
 def _target_line(cascade_mm: np.ndarray) -> str:

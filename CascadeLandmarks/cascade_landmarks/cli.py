@@ -309,6 +309,13 @@ def _add_detection_options(parser, defaults: str) -> None:
     """The detection settings (``config.DETECTION_SETTINGS``), which may change on a trained model."""
     parser.add_argument("--stage2-passes", type=int, help=f"{PASSES_HELP} ({defaults})")
     parser.add_argument(
+        "--stage2-tolerance",
+        dest="stage2_tolerance_mm",
+        type=float,
+        metavar="MM",
+        help=f"stop the passes early once one moves no point farther than MM; 0: always --stage2-passes ({defaults})",
+    )
+    parser.add_argument(
         "--mirror-stage1",
         action=argparse.BooleanOptionalAction,
         help="test-time left/right mirroring of stage 1 with twin labels swapped, for symmetric anatomy such as "

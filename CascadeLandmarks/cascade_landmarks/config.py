@@ -13,7 +13,7 @@ from .preprocessing import IntensityWindow
 
 STAGE1_MODES = ("whole", "patch")
 # Settings that change no weights: fine-tuning (``--init-from``) may set them anew.
-DETECTION_SETTINGS = ("stage2_passes", "mirror_stage1", "mirror_stage2")
+DETECTION_SETTINGS = ("stage2_passes", "stage2_tolerance_mm", "mirror_stage1", "mirror_stage2")
 # Fine-tuning starts a fresh Adam from trained weights; at the training rate (1e-3) its first steps undo much of
 # what was learnt (seen on the test model: 0.35 mm to 2.7 mm mean error in three steps), so it goes ten times slower.
 FINE_TUNING_LEARNING_RATE = 1e-4
@@ -39,6 +39,9 @@ class CascadeConfig:
         displacement: the stage-2 networks (patch size included).
         stage2_passes: how many times detection runs stage 2, each pass from a patch centred where the last left
             the point (the paper: once). Changes no weights, so a trained model can be given another count.
+        stage2_tolerance_mm: with a positive value, stage 2 stops once a pass moves no point farther than this,
+            after at most ``stage2_passes`` passes (a brain unlike the training image needed twice the passes of
+            the training image to settle); 0 runs exactly ``stage2_passes`` passes. Changes no weights.
         mirror_stage1: average stage 1's heatmaps with those of the left/right mirrored volume, twin channels
             swapped (test-time mirroring; for left/right symmetric anatomy such as the brain, not for CTA of the
             heart). Changes no weights either.
@@ -62,6 +65,7 @@ class CascadeConfig:
     intensity: IntensityWindow = field(default_factory=IntensityWindow)
     flag_below: float = 0.5
     stage2_passes: int = 1
+    stage2_tolerance_mm: float = 0.0
     mirror_stage1: bool = False
     mirror_stage2: bool = False
 
@@ -87,6 +91,10 @@ class CascadeConfig:
             raise ValueError("Spacings and the stage-2 radius must be positive millimetres.")
         if self.stage2_passes < 1:
             raise ValueError(f"stage2_passes must be at least 1, not {self.stage2_passes}.")
+        if self.stage2_tolerance_mm < 0:
+            raise ValueError(
+                f"stage2_tolerance_mm must be 0 (a fixed pass count) or more, not {self.stage2_tolerance_mm}."
+            )
         if not 0 < self.heatmap_height <= 1 or self.heatmap_sigma <= 0:
             raise ValueError("Heatmap height must lie in (0, 1] and sigma must be positive.")
 

@@ -3,7 +3,8 @@ patches) -> points in LPS and RAS with a confidence each.
 
 Stage 2 may run more than once (the model's ``stage2_passes``; the paper runs it once): each pass takes a new
 patch centred where the last one left the point, so a point that stage 1 placed near the edge of stage 2's reach
-is finished from the middle of a patch, where stage 2 is most precise.
+is finished from the middle of a patch, where stage 2 is most precise. With the model's ``stage2_tolerance_mm``
+the passes stop early, once none moves a point farther than that.
 
 Confidence combines two signals a clinician can read: how high the stage-1 heatmap peak is (relative to the
 training target's height), and how far the last stage-2 pass still moved the point (relative to the most it may
@@ -125,7 +126,7 @@ def detect(
     started = time.perf_counter()
     report("stage 2: refining", 0.7)
     passes = config.stage2_passes if stage2_passes is None else stage2_passes
-    positions_lps, last_step = refine(model, sampler, stage1_lps, torch_device, passes)
+    positions_lps, last_step = refine(model, sampler, stage1_lps, torch_device, passes, config.stage2_tolerance_mm)
     seconds["stage 2"] = time.perf_counter() - started
     report("done", 1.0)
 
@@ -216,16 +217,24 @@ def _sliding_window(network: HeatmapUNet, volume: torch.Tensor, patch: int) -> t
 
 
 def refine(
-    model: CascadeModel, sampler: Sampler, stage1_lps: np.ndarray, device: torch.device, passes: int
+    model: CascadeModel,
+    sampler: Sampler,
+    stage1_lps: np.ndarray,
+    device: torch.device,
+    passes: int,
+    tolerance_mm: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stage 2 run ``passes`` times from stage 1's points, each pass from patches centred where the last left the
-    points; returns the points (LPS mm, (N, 3)) and the last pass's displacements ((N, 3))."""
+    points, or fewer once a pass moves no point farther than a positive ``tolerance_mm``; returns the points
+    (LPS mm, (N, 3)) and the last pass's displacements ((N, 3))."""
     if passes < 1:
         raise ValueError(f"Stage 2 must run at least once, not {passes} times.")
     points = stage1_lps
     for _ in range(passes):
         step = predict_displacements(model, sampler, points, device)
         points = points + step
+        if np.linalg.norm(step, axis=1).max() <= tolerance_mm:
+            break
     return points, step
 
 
