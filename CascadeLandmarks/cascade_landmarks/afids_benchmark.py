@@ -8,6 +8,10 @@ Colin27's header: the AFIDs were placed on the MNI distribution of Colin27, whos
 RAS; the shipped ``ch2.nii.gz`` says (-90, -125, -71) (``shared/data/README.md``, which finds the commissures'
 fibre bundles about a voxel above the consensus points, as a 1 mm offset along z would put them). Both headers
 are scored; the MNI origin, the frame the fiducials were placed in, is the one a model is judged by.
+
+The consensus is the mean of 32 rater sessions. Where the raters split into groups (the occipital horns, 29 and
+30), that mean is a point none of them placed; the report names such fiducials, sets the model's point against
+the placements themselves, and gives the figures again without them.
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ class CascadeConfig:
         stage2_passes: how many times detection runs stage 2, each pass from a patch centred where the last left
             the point (the paper: once). Changes no weights, so a trained model can be given another count.
         stage2_tolerance_mm: with a positive value, stage 2 stops once a pass moves no point farther than this,
-            after at most ``stage2_passes`` passes (a brain unlike the training image needed twice the passes of
-            the training image to settle); 0 runs exactly ``stage2_passes`` passes. Changes no weights.
+            after at most ``stage2_passes`` passes (the AFIDs model settles in about twice the passes on a brain
+            it never saw as on its training image); 0 runs exactly ``stage2_passes`` passes. Changes no weights.
         mirror_stage1: average stage 1's heatmaps with those of the left/right mirrored volume, twin channels
             swapped (test-time mirroring; for left/right symmetric anatomy such as the brain, not for CTA of the
             heart). Changes no weights either.

@@ -97,7 +97,8 @@ def detect(
         model: a loaded :class:`CascadeModel` or a model file.
         device: "auto", "cpu" or "cuda" (falls back to the CPU when there is no GPU).
         progress: called with (step description, fraction done) as detection goes.
-        stage2_passes: how many times to run stage 2 (default: the model's ``stage2_passes``).
+        stage2_passes: how many times to run stage 2 (default: the model's ``stage2_passes``; the most, when the
+            model stops on a ``stage2_tolerance_mm``).
     """
     report = progress or (lambda _step, _fraction: None)
     if not isinstance(volume, Volume):
