@@ -266,20 +266,32 @@ def _passes_text(config) -> str:
 
 def _target_line(cascade_mm: np.ndarray) -> str:
     mean, within = float(np.mean(cascade_mm)), float(np.mean(cascade_mm <= 2.0))
-    met = mean <= TARGET_MEAN_MM and within > TARGET_WITHIN_2MM
+    mean_met, within_met = mean <= TARGET_MEAN_MM, within > TARGET_WITHIN_2MM
+    parts = [
+        f"the mean {'is' if mean_met else 'is not'} ({mean:.2f} mm)",
+        f"the share within 2 mm {'is' if within_met else 'is not'} ({within:.0%})",
+    ]
     return (
         f"The project's target, mean at most {TARGET_MEAN_MM} mm with more than {TARGET_WITHIN_2MM:.0%} of the "
-        f"fiducials within 2 mm, is {'met' if met else 'not met'} ({mean:.2f} mm, {within:.0%}); the human raters "
-        "are the goal. The per-fiducial table (`benchmark-afids` report) shows which fiducials to check first."
+        f"fiducials within 2 mm, is {'met' if mean_met and within_met else 'not met'}: {', '.join(parts)}; the "
+        "human raters are the goal. The per-fiducial table (`benchmark-afids` report) shows which fiducials to "
+        "check first."
     )
 
 
 def _run_line(run: dict) -> str:
     settings = run["training_config"]
     if settings["stage1_iterations"] == settings["stage2_iterations"] == 0:
-        return (
-            "- No training: detection settings changed (such as test-time mirroring or stage-2 passes), weights kept."
-        )
+        now, before = run.get("detection_settings"), (run.get("previous_training") or {}).get("detection_settings")
+        if now is None:  # an older record, without them
+            return (
+                "- No training: detection settings changed (such as test-time mirroring or stage-2 passes), "
+                "weights kept."
+            )
+        if before is None:
+            return f"- No training: detection settings set to {_settings_text(now)}; weights kept."
+        changed = {name: value for name, value in now.items() if before.get(name) != value}
+        return f"- No training: detection settings changed to {_settings_text(changed) or 'the same'}; weights kept."
     augmentation = _augmentation_name(settings.get("augmentation", {}))
     stopped = f" ({run['stopped']})" if run.get("stopped") else ""
     processes = f" on each of {run['processes']} processes" if run.get("processes", 1) > 1 else ""
@@ -290,6 +302,12 @@ def _run_line(run: dict) -> str:
         f"{settings['batch_size']}{processes}, learning rate {settings['learning_rate']:g}{schedule}, augmentation "
         f"{augmentation}, {settings.get('stage2_near_share', 0):.0%} of stage-2 patches within a quarter of the "
         f"radius; about {run.get('seconds', 0) / 60:.0f} minutes on {run.get('device', 'cpu')}{stopped}."
+    )
+
+
+def _settings_text(settings: dict) -> str:
+    return ", ".join(
+        f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}" for name, value in settings.items()
     )
 
 
