@@ -80,7 +80,7 @@ def afids_benchmark(
         _summary_line("no model (template coordinates)", no_model_mm),
         _summary_line("human raters", raters_mm),
     ]
-    judged_detection = None
+    judged_detection, judged_mm = None, None
     for name, volume in variants.items():
         detection = detect(volume, model, device=device)
         errors = {
@@ -104,11 +104,10 @@ def afids_benchmark(
         lines.append(_summary_line(f"stage 1, {name}", errors["stage1"]))
         lines.append(_summary_line(f"cascade, {name}", errors["cascade"]))
         if name == JUDGED_VARIANT:
-            judged_detection = detection
+            judged_detection, judged_mm = detection, errors["cascade"][0]
     lines += ["", *_split_raters_lines(reference, judged_detection.positions_lps)]
     summary = "\n".join(lines).rstrip()
     if bundle:
-        judged_mm = np.linalg.norm(judged_detection.positions_lps - reference.consensus.positions_lps, axis=1)
         summary += "\n\n" + _bundle(model_path, model, summary, judged_mm, no_model_mm)
     write_text_atomically(output / "summary.md", summary + "\n")
     return summary

@@ -263,7 +263,7 @@ def _run_train(args: argparse.Namespace) -> int:
     }
     if args.stage2_radius is not None:
         settings["stage2_radius_mm"] = args.stage2_radius
-    settings.update(_detection_settings(args))
+    settings.update(_given_detection_settings(args))
     model = train(
         args.data,
         args.output,
@@ -329,7 +329,7 @@ def _add_detection_options(parser, defaults: str) -> None:
     )
 
 
-def _detection_settings(args: argparse.Namespace) -> dict:
+def _given_detection_settings(args: argparse.Namespace) -> dict:
     """The detection settings given on the command line (those not given are left out)."""
     given = {name: getattr(args, name) for name in DETECTION_SETTINGS}
     return {name: value for name, value in given.items() if value is not None}
@@ -338,7 +338,7 @@ def _detection_settings(args: argparse.Namespace) -> dict:
 def _model_for_detection(args: argparse.Namespace) -> CascadeModel:
     """The model file named on the command line, with the detection settings given there."""
     model = load_model(args.model)
-    model.config = model.config.with_detection_settings(**_detection_settings(args))
+    model.config = model.config.with_detection_settings(**_given_detection_settings(args))
     return model
 
 

@@ -98,6 +98,10 @@ class CascadeConfig:
         if not 0 < self.heatmap_height <= 1 or self.heatmap_sigma <= 0:
             raise ValueError("Heatmap height must lie in (0, 1] and sigma must be positive.")
 
+    def detection_settings(self) -> dict:
+        """The ``DETECTION_SETTINGS`` and their values."""
+        return {name: getattr(self, name) for name in DETECTION_SETTINGS}
+
     def with_detection_settings(self, **settings) -> CascadeConfig:
         """This configuration with some of its ``DETECTION_SETTINGS`` changed (``None`` keeps the current value).
 

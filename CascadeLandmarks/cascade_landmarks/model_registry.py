@@ -133,7 +133,8 @@ def add_bundled_model(model_path: str | os.PathLike, name: str, card_text: str, 
     folder = Path(str(registry)).parent
     document = json.loads(registry.read_text(encoding="utf-8"))
     shipped = next((r for r in document["models"] if r["name"] == name), None)
-    version = 1 if shipped is None else shipped["version"] + (shipped["sha256"] != file_sha256(model_path))
+    sha256 = file_sha256(model_path)
+    version = 1 if shipped is None else shipped["version"] + (shipped["sha256"] != sha256)
     target = folder / f"{name}.pt"
     write_atomically(target, lambda temporary: shutil.copyfile(model_path, temporary))
     write_text_atomically(folder / f"{name}.md", card_text)
@@ -141,7 +142,7 @@ def add_bundled_model(model_path: str | os.PathLike, name: str, card_text: str, 
         name=name,
         landmark_set=model.config.landmark_set.name,
         file=target.name,
-        sha256=file_sha256(target),
+        sha256=sha256,
         version=version,
         description=description,
         card=f"{name}.md",

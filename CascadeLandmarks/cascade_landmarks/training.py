@@ -243,7 +243,7 @@ def train(
         **_record_header(landmark_set.name, training_names, validation_names),
         "spacing_mm": _spacing_summary(checked),
         "training_config": training.to_dict(),
-        "detection_settings": _detection_settings(config),
+        "detection_settings": config.detection_settings(),
         **lineage,
         "validation_error_mm": {"stage1": stage1_error, "cascade": cascade_error},
         "history": history,
@@ -401,7 +401,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike) 
     model.training = {
         **_record_header(model.config.landmark_set.name, training_names, validation_names),
         "training_config": done.to_dict(),
-        "detection_settings": _detection_settings(model.config),
+        "detection_settings": model.config.detection_settings(),
         **_checkpoint_lineage(state),
         "history": json.loads(state["history"]),
         "processes": int(state.get("processes", 1)),
@@ -422,11 +422,6 @@ def _record_header(landmark_set_name: str, training_names: list[str], validation
         "landmark_set": landmark_set_name,
         "cases": {"training": training_names, "validation": validation_names},
     }
-
-
-def _detection_settings(config: CascadeConfig) -> dict:
-    """The model's detection settings when the run ended, for its record (a run may change only these)."""
-    return {name: getattr(config, name) for name in DETECTION_SETTINGS}
 
 
 def _checkpoint_lineage(state: dict) -> dict:
