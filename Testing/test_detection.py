@@ -65,10 +65,10 @@ def test_the_detect_command_writes_one_markups_file_per_volume_and_a_csv(tmp_pat
     # The detection settings given on the command line are the ones used, for this run only.
     model = load_model(trained_model_path)
     assert not model.config.mirror_stage2
-    model.config = dataclasses.replace(model.config, stage2_passes=2, mirror_stage2=True)
     for volume in volumes:
         points = read_landmarks(tmp_path / "out" / volume.name.replace(".nrrd", ".mrk.json"))
-        np.testing.assert_allclose(points.positions_lps, detect(volume, model).positions_lps, atol=1e-9)
+        in_python = detect(volume, model, stage2_passes=2, mirror_stage2=True).positions_lps
+        np.testing.assert_allclose(points.positions_lps, in_python, atol=1e-9)
         without_mirroring = detect(volume, trained_model_path, stage2_passes=2).positions_lps
         assert np.abs(points.positions_lps - without_mirroring).max() > 1e-3
     with open(tmp_path / "out" / "detections.csv", newline="") as handle:
@@ -116,7 +116,7 @@ def test_each_stage2_pass_starts_from_where_the_last_left_the_point(trained_mode
     np.testing.assert_allclose(twice.positions_lps, once.positions_lps + step, atol=1e-5)
     # The shift shown to the user is the whole way from stage 1's point; confidence reads the last step only.
     np.testing.assert_allclose(twice.stage2_shift_mm, np.linalg.norm(twice.positions_lps - twice.stage1_lps, axis=1))
-    with pytest.raises(ValueError, match="at least once"):
+    with pytest.raises(ValueError, match="stage2_passes must be at least 1"):
         detect(volume, model, stage2_passes=0)
 
 
@@ -129,13 +129,18 @@ def test_a_tolerance_stops_the_passes_once_none_moves_a_point_that_far(trained_m
     # A tolerance between the largest moves of passes 2 and 3 ends detection after pass 3, out of 6 allowed.
     tolerance = (largest_moves[0] + largest_moves[1]) / 2
     assert largest_moves[0] > tolerance >= largest_moves[1]
+    stopped = detect(volume, model, stage2_passes=6, stage2_tolerance_mm=tolerance)
+    np.testing.assert_allclose(stopped.positions_lps, fixed[2], atol=1e-6)
+    # Settings given to detect are for that call: the model keeps its own.
+    assert (model.config.stage2_passes, model.config.stage2_tolerance_mm) == (1, 0.0)
+    # Set on the model, they last; with no tolerance, always the count given.
     model.config = model.config.with_detection_settings(stage2_passes=6, stage2_tolerance_mm=tolerance)
     np.testing.assert_allclose(detect(volume, model).positions_lps, fixed[2], atol=1e-6)
-    # No tolerance: always the count given.
-    model.config = model.config.with_detection_settings(stage2_tolerance_mm=0.0)
-    np.testing.assert_allclose(detect(volume, model).positions_lps, fixed[5], atol=1e-6)
+    np.testing.assert_allclose(detect(volume, model, stage2_tolerance_mm=0.0).positions_lps, fixed[5], atol=1e-6)
     with pytest.raises(ValueError, match="stage2_tolerance_mm must be 0"):
-        model.config.with_detection_settings(stage2_tolerance_mm=-1.0)
+        detect(volume, model, stage2_tolerance_mm=-1.0)
+    with pytest.raises(ValueError, match="stage2_radius_mm: not detection settings; those are stage2_passes"):
+        detect(volume, model, stage2_radius_mm=20.0)
 
 
 def test_a_model_file_carries_its_pass_count_and_older_files_read_as_one_pass(

@@ -36,7 +36,7 @@ from .figures import quality_control_image, write_error_plot, write_png
 from .landmark_sets import available_landmark_sets, load_landmark_set
 from .landmarks import Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
 from .model_registry import resolve_model
-from .modelfile import CascadeModel, load_model
+from .modelfile import load_model
 from .phantoms import FORMATS as PHANTOM_FORMATS
 from .phantoms import PHANTOMS, phantom, write_phantoms
 from .preprocessing import IntensityWindow
@@ -335,15 +335,9 @@ def _given_detection_settings(args: argparse.Namespace) -> dict:
     return {name: value for name, value in given.items() if value is not None}
 
 
-def _model_for_detection(args: argparse.Namespace) -> CascadeModel:
-    """The model file named on the command line, with the detection settings given there."""
-    model = load_model(args.model)
-    model.config = model.config.with_detection_settings(**_given_detection_settings(args))
-    return model
-
-
 def _run_detect(args: argparse.Namespace) -> int:
-    model = _model_for_detection(args)
+    model = load_model(args.model)
+    settings = _given_detection_settings(args)
     output = Path(args.output)
     names = [case_name(path) for path in args.volumes]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -356,7 +350,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         def report(step: str, fraction: float, index=index, name=name) -> None:
             bar.update(int(100 * (index + fraction)), case=name, step=step)
 
-        detection = detect(path, model, device=args.device, progress=report)
+        detection = detect(path, model, device=args.device, progress=report, **settings)
         write_landmarks(detection.landmarks(), output / f"{name}.mrk.json", coordinate_system=args.coordinate_system)
         detections[name] = detection
         bar.update(100 * (index + 1), flagged=int(detection.flagged.sum()))
@@ -390,7 +384,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             write_png(output / "qc" / f"{name}.png", quality_control_image(volume, reference, detection))
 
     evaluation = evaluate(
-        _model_for_detection(args), args.data, device=args.device, progress=not args.quiet, on_case=quality_control
+        args.model,
+        args.data,
+        device=args.device,
+        progress=not args.quiet,
+        on_case=quality_control,
+        **_given_detection_settings(args),
     )
     written = write_tables(evaluation, output)
     written.append(write_error_plot(evaluation, output / "errors.png"))

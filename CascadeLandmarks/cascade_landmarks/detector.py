@@ -19,6 +19,7 @@ far off with a high heatmap peak. Detection warns when the field of view differs
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import time
@@ -89,7 +90,7 @@ def detect(
     *,
     device: str = "auto",
     progress: ProgressCallback | None = None,
-    stage2_passes: int | None = None,
+    **settings,
 ) -> Detection:
     """Find the model's landmarks in ``volume`` (a :class:`Volume` or a volume file); the volume is not modified.
 
@@ -97,14 +98,17 @@ def detect(
         model: a loaded :class:`CascadeModel` or a model file.
         device: "auto", "cpu" or "cuda" (falls back to the CPU when there is no GPU).
         progress: called with (step description, fraction done) as detection goes.
-        stage2_passes: how many times to run stage 2 (default: the model's ``stage2_passes``; the most, when the
-            model stops on a ``stage2_tolerance_mm``).
+        settings: detection settings for this call only, in place of the model's (``stage2_passes``,
+            ``stage2_tolerance_mm``, ``mirror_stage1``, ``mirror_stage2``: see :class:`CascadeConfig`); ``None``
+            keeps the model's. The model itself is not changed.
     """
     report = progress or (lambda _step, _fraction: None)
     if not isinstance(volume, Volume):
         volume = read_volume(volume)
     if not isinstance(model, CascadeModel):
         model = load_model(model)
+    if settings:
+        model = dataclasses.replace(model, config=model.config.with_detection_settings(**settings))
     config = model.config
     torch_device = select_device(device)
     model.to(torch_device)
@@ -126,8 +130,7 @@ def detect(
 
     started = time.perf_counter()
     report("stage 2: refining", 0.7)
-    passes = config.stage2_passes if stage2_passes is None else stage2_passes
-    positions_lps, last_step = refine(model, sampler, stage1_lps, torch_device, passes, config.stage2_tolerance_mm)
+    positions_lps, last_step = refine(model, sampler, stage1_lps, torch_device)
     seconds["stage 2"] = time.perf_counter() - started
     report("done", 1.0)
 
@@ -218,23 +221,17 @@ def _sliding_window(network: HeatmapUNet, volume: torch.Tensor, patch: int) -> t
 
 
 def refine(
-    model: CascadeModel,
-    sampler: Sampler,
-    stage1_lps: np.ndarray,
-    device: torch.device,
-    passes: int,
-    tolerance_mm: float = 0.0,
+    model: CascadeModel, sampler: Sampler, stage1_lps: np.ndarray, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 2 run ``passes`` times from stage 1's points, each pass from patches centred where the last left the
-    points, or fewer once a pass moves no point farther than a positive ``tolerance_mm``; returns the points
-    (LPS mm, (N, 3)) and the last pass's displacements ((N, 3))."""
-    if passes < 1:
-        raise ValueError(f"Stage 2 must run at least once, not {passes} times.")
+    """Stage 2 run the model's ``stage2_passes`` times from stage 1's points, each pass from patches centred where
+    the last left the points, or fewer once a pass moves no point farther than a positive ``stage2_tolerance_mm``;
+    returns the points (LPS mm, (N, 3)) and the last pass's displacements ((N, 3))."""
+    config = model.config
     points = stage1_lps
-    for _ in range(passes):
+    for _ in range(config.stage2_passes):
         step = predict_displacements(model, sampler, points, device)
         points = points + step
-        if np.linalg.norm(step, axis=1).max() <= tolerance_mm:
+        if np.linalg.norm(step, axis=1).max() <= config.stage2_tolerance_mm:
             break
     return points, step
 

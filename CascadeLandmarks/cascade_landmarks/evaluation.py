@@ -160,10 +160,10 @@ def evaluate(
     device: str = "auto",
     progress: bool = True,
     on_case: Callable[[str, object, Detection, Landmarks], None] | None = None,
-    stage2_passes: int | None = None,
+    **settings,
 ) -> Evaluation:
     """Detect on every case of a folder or manifest (with reference landmarks) and measure the errors
-    (``stage2_passes``: as :func:`~cascade_landmarks.detector.detect`).
+    (``settings``: detection settings for this run, as :func:`~cascade_landmarks.detector.detect`).
 
     ``on_case(name, volume, detection, reference)`` is called for each case while its volume is loaded (the
     quality-control images use it).
@@ -175,7 +175,7 @@ def evaluate(
     detections, references, names = [], [], []
     for count, case in enumerate(cases, start=1):
         volume = read_volume(case.files.volume)
-        detection = detect(volume, model, device=device, stage2_passes=stage2_passes)
+        detection = detect(volume, model, device=device, **settings)
         if on_case is not None:
             on_case(case.files.name, volume, detection, case.landmarks)
         detections.append(detection)

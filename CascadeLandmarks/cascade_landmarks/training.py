@@ -439,7 +439,7 @@ def _validation_error(
     for case in cases:
         points, _ = locate_stage1(model, case.stage1_input, case.stage1_grid, device)
         if cascade:
-            points, _ = refine(model, case.sampler, points, device, model.config.stage2_passes)
+            points, _ = refine(model, case.sampler, points, device)
         errors.append(np.linalg.norm(points - case.landmarks_lps, axis=1))
     return float(np.mean(errors))
 
