@@ -97,6 +97,8 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.selectBackgroundVolume()
 
     def onSceneStartClose(self, caller, event):
+        if self.run is not None and self.run.running:  # its results belong to the scene being closed
+            self.cancelRun()
         self.setPointListNode(None)
 
     def selectBackgroundVolume(self):
@@ -132,29 +134,37 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- detection ----------------------------------------------------------------------------------------
 
-    def cancelledRunningJob(self):
-        """If a detection or fine-tuning is under way, cancel it (its button reads Cancel) and say so."""
-        if self.run is None or not self.run.running:
-            return False
+    def startedRun(self, run, button, cancelText, status):
+        """Show ``run`` as under way: its button reads ``cancelText``, the other job's button is disabled."""
+        self.run = run
+        button.text = cancelText
+        for other in (self.ui.detectButton, self.ui.fineTuneButton):
+            other.enabled = other is button
+        self.ui.statusLabel.text = status
+        self.ui.progressBar.value = 0
+        self.timer.start()
+
+    def cancelRun(self):
+        """Cancel the detection or fine-tuning under way."""
         self.run.cancel()
         self.finishRun(cancelled=True)
-        return True
 
     def onDetectButton(self):
-        if self.cancelledRunningJob() or not self.logic.ensureTorch():
+        if self.run is not None and self.run.running:  # the button reads Cancel
+            self.cancelRun()
+            return
+        if not self.logic.ensureTorch():
             return
         device, message = self.logic.resolveDevice(DEVICES[self.ui.deviceSelector.currentText])
+        volumeNode = self.ui.inputVolumeSelector.currentNode()
+        outputNode = self.ui.outputPointListSelector.currentNode()
+        risk = self.logic.workAtRisk(outputNode, volumeNode)
+        if risk:  # never replace corrections or another volume's points: detect into a new list
+            outputNode = None
+            message = f"{risk} It is kept: the points go into a new point list. {message}".strip()
         with slicer.util.tryWithErrorDisplay("Cannot start detection.", waitCursor=True):
-            self.run = self.logic.startDetection(
-                self.ui.inputVolumeSelector.currentNode(),
-                self.currentModel(),
-                outputNode=self.ui.outputPointListSelector.currentNode(),
-                device=device,
-            )
-            self.ui.statusLabel.text = message or "Detecting..."
-            self.ui.detectButton.text = "Cancel"
-            self.ui.progressBar.value = 0
-            self.timer.start()
+            run = self.logic.startDetection(volumeNode, self.currentModel(), outputNode=outputNode, device=device)
+            self.startedRun(run, self.ui.detectButton, "Cancel", message or "Detecting...")
 
     def onTimer(self):
         fraction, status = self.run.poll()
@@ -168,6 +178,7 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         run, self.run = self.run, None
         self.ui.detectButton.text = "Detect"
         self.ui.fineTuneButton.text = "Fine-tune model on training folder"
+        self.ui.detectButton.enabled = self.ui.fineTuneButton.enabled = True
         if cancelled:
             self.ui.statusLabel.text = "Cancelled."
             self.ui.progressBar.value = 0
@@ -190,12 +201,17 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- inspection and correction ------------------------------------------------------------------------
 
+    POINT_EVENTS = ("PointModifiedEvent", "PointAddedEvent", "PointRemovedEvent")
+
     def setPointListNode(self, node):
-        if self.pointListNode is not None:
-            self.removeObserver(self.pointListNode, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onPointsModified)
+        for event in self.POINT_EVENTS:
+            if self.pointListNode is not None:
+                self.removeObserver(
+                    self.pointListNode, getattr(slicer.vtkMRMLMarkupsNode, event), self.onPointsModified
+                )
+            if node is not None:
+                self.addObserver(node, getattr(slicer.vtkMRMLMarkupsNode, event), self.onPointsModified)
         self.pointListNode = node
-        if node is not None:
-            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onPointsModified)
         self.updateTable()
 
     def onPointsModified(self, caller, event):
@@ -207,7 +223,8 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table.setRowCount(len(rows))
         for index, row in enumerate(rows):
             confidence = f"{row.confidence:.2f}" + ("  check" if row.flagged else "")
-            for column, text in enumerate((row.label, confidence, f"{row.moved_mm:.1f}", row.description)):
+            moved = f"{row.moved_mm:.1f}" if row.moved_mm == row.moved_mm else "deleted"  # NaN: no point left
+            for column, text in enumerate((row.label, confidence, moved, row.description)):
                 item = qt.QTableWidgetItem(text)
                 if row.flagged:
                     item.setForeground(qt.QBrush(qt.QColor(230, 120, 0)))
@@ -215,41 +232,52 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table.resizeColumnsToContents()
 
     def onTableClicked(self, row, column):
-        if self.pointListNode is not None:
-            slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(self.pointListNode.GetID(), row, True)
+        if self.pointListNode is None:
+            return
+        index = self.logic.pointIndex(self.pointListNode, self.ui.landmarkTable.item(row, 0).text())
+        if index is not None:  # rows follow the detection; the list may have lost or gained points since
+            slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(self.pointListNode.GetID(), index, True)
 
     # --- saving corrected cases and fine-tuning -----------------------------------------------------------
 
     def onSaveCaseButton(self):
+        from cascade_landmarks.slicer_workflow import CaseExistsError
+
         with slicer.util.tryWithErrorDisplay("Cannot save the corrected case.", waitCursor=True):
             folder = self.ui.trainingFolderSelector.currentPath
             if not folder:
                 raise ValueError("Choose a training folder first.")
-            volumePath, pointsPath = self.logic.saveCorrectedCase(
-                self.ui.inputVolumeSelector.currentNode(),
-                self.pointListNode,
-                folder,
-                caseName=self.ui.caseNameEdit.text or None,
-            )
+            arguments = (self.ui.inputVolumeSelector.currentNode(), self.pointListNode, folder)
+            caseName = self.ui.caseNameEdit.text or None
+            try:
+                volumePath, pointsPath = self.logic.saveCorrectedCase(*arguments, caseName=caseName)
+            except CaseExistsError as exists:
+                question = f"Case {exists.case} is already in {exists.folder}. Replace it with these points?"
+                if not slicer.util.confirmOkCancelDisplay(question, windowTitle="Cascade Landmarks"):
+                    return
+                volumePath, pointsPath = self.logic.saveCorrectedCase(*arguments, caseName=caseName, overwrite=True)
             self.ui.trainingFolderSelector.addCurrentPathToHistory()
             self.ui.statusLabel.text = f"Saved {os.path.basename(volumePath)} and {os.path.basename(pointsPath)}."
 
     def onFineTuneButton(self):
-        if self.cancelledRunningJob() or not self.logic.ensureTorch():
+        if self.run is not None and self.run.running:  # the button reads Cancel fine-tuning
+            self.cancelRun()
             return
+        if not self.logic.ensureTorch():
+            return
+        device, message = self.logic.resolveDevice(DEVICES[self.ui.deviceSelector.currentText])
         with slicer.util.tryWithErrorDisplay("Cannot start fine-tuning.", waitCursor=True):
             folder = self.ui.trainingFolderSelector.currentPath
             if not folder:
                 raise ValueError("Choose the training folder with the corrected cases first.")
-            self.run = self.logic.startFineTuning(
+            run = self.logic.startFineTuning(
                 folder,
                 self.currentModel(),
                 stage1Iterations=self.ui.stage1IterationsSpinBox.value,
                 stage2Iterations=self.ui.stage2IterationsSpinBox.value,
+                device=device,
             )
-            self.ui.fineTuneButton.text = "Cancel fine-tuning"
-            self.ui.statusLabel.text = "Fine-tuning..."
-            self.timer.start()
+            self.startedRun(run, self.ui.fineTuneButton, "Cancel fine-tuning", message or "Fine-tuning...")
 
 
 class CascadeLandmarksLogic(ScriptedLoadableModuleLogic):
@@ -390,6 +418,18 @@ class CascadeLandmarksLogic(ScriptedLoadableModuleLogic):
         from cascade_landmarks.slicer_workflow import detection_rows
 
         return detection_rows(pointListNode)
+
+    def pointIndex(self, pointListNode, label):
+        """The index of the point labelled ``label``, or None when the list has none."""
+        from cascade_landmarks.slicer_workflow import point_index
+
+        return point_index(pointListNode, label)
+
+    def workAtRisk(self, pointListNode, volumeNode):
+        """Why detecting on ``volumeNode`` into ``pointListNode`` would lose work (a sentence), or None."""
+        from cascade_landmarks.slicer_workflow import work_at_risk
+
+        return work_at_risk(pointListNode, volumeNode)
 
     def saveCorrectedCase(self, volumeNode, pointListNode, folder, caseName=None, overwrite=False):
         from cascade_landmarks.slicer_workflow import save_corrected_case

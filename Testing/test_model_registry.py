@@ -44,8 +44,14 @@ def test_a_model_added_from_a_file_and_its_fine_tuned_version(tmp_path, trained_
     assert (tuned.name, tuned.version) == ("model-v2", 2)
     again = register_model(copy, parent="model-v2")
     assert (again.name, again.version) == ("model-v3", 3)
+    # A second fine-tuning of the same model is added beside the first, never over it.
+    other = tmp_path / "tuned-again.pt"
+    other.write_bytes(trained_model_path.read_bytes())
+    beside = register_model(other, parent="model")
+    assert (beside.name, beside.version) == ("model-v4", 4)
     saved = json.loads((tmp_path / "home" / "registry.json").read_text())
-    assert [m["name"] for m in saved["models"]] == ["model", "model-v2", "model-v3"]
+    assert [m["name"] for m in saved["models"]] == ["model", "model-v2", "model-v3", "model-v4"]
+    assert resolve_model("model-v3") == copy.resolve()
 
 
 def test_shipping_a_new_file_under_a_shipped_name_gives_it_the_next_version(tmp_path, trained_model_path, monkeypatch):

@@ -86,3 +86,36 @@ def test_background_processes_find_the_engine_and_a_missing_gpu_falls_back(modul
         pytest.skip("this machine has a GPU")
     assert logic.resolveDevice("cuda") == ("cpu", "No GPU found: running on the CPU.")
     assert logic.resolveDevice("auto") == ("auto", "")
+
+
+def test_while_one_job_runs_the_other_jobs_button_is_disabled_and_cancel_stops_only_it(
+    module, mrml_scene, trained_model_path, synthetic_data
+):
+    """Stand-ins for the Widget's Qt parts (buttons, status label, progress bar, timer): plain objects with the
+    attributes it sets. The job is a real background detection."""
+    from types import SimpleNamespace
+
+    from cascade_landmarks.slicer_workflow import DetectionRun
+
+    widget = module.CascadeLandmarksWidget.__new__(module.CascadeLandmarksWidget)
+    widget.timer = SimpleNamespace(start=lambda: None, stop=lambda: None)
+    widget.ui = SimpleNamespace(
+        detectButton=SimpleNamespace(text="Detect", enabled=True),
+        fineTuneButton=SimpleNamespace(text="Fine-tune model on training folder", enabled=True),
+        statusLabel=SimpleNamespace(text=""),
+        progressBar=SimpleNamespace(value=0),
+    )
+    volume_node = _volume_node(mrml_scene, synthetic_data / "test" / "case100.nrrd")
+    run = DetectionRun(mrml_scene, volume_node, trained_model_path).start()
+    widget.startedRun(run, widget.ui.detectButton, "Cancel", "Detecting...")
+    assert (widget.ui.detectButton.text, widget.ui.detectButton.enabled) == ("Cancel", True)
+    assert not widget.ui.fineTuneButton.enabled  # a click there cannot cancel the detection
+    widget.onDetectButton()  # the button reads Cancel
+    assert not run.running
+    assert widget.run is None
+    assert widget.ui.statusLabel.text == "Cancelled."
+    assert (widget.ui.detectButton.text, widget.ui.detectButton.enabled, widget.ui.fineTuneButton.enabled) == (
+        "Detect",
+        True,
+        True,
+    )

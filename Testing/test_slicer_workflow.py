@@ -16,11 +16,15 @@ from cascade_landmarks.modelfile import load_model
 from cascade_landmarks.slicer_bridge import landmarks_to_node
 from cascade_landmarks.slicer_workflow import (
     DETECTION_ATTRIBUTE,
+    CaseExistsError,
     DetectionRun,
     FineTuneRun,
     detection_rows,
+    point_index,
     save_corrected_case,
+    work_at_risk,
 )
+from cascade_landmarks.training import checkpoint_path
 from cascade_landmarks.volumes import resample_to_geometry
 
 from conftest import rotation
@@ -168,3 +172,77 @@ def test_saved_corrected_cases_are_accepted_by_train_and_logged(
     assert entry.name == "model-fine-tuned"
     assert entry.landmark_set == "spheres-3"
     assert load_model(entry.file).training["fine_tuned_from"] == str(trained_model_path)
+    # Fine-tuning the same model again writes a new file and a new entry; the first stays as it was.
+    first = Path(entry.file).read_bytes()
+    again = FineTuneRun(folder, str(trained_model_path), stage1_iterations=2, stage2_iterations=2, device="cpu")
+    second = again.start().finish()
+    assert (second.name, Path(second.file).name) == ("model-fine-tuned-2", "model-fine-tuned-2.pt")
+    assert Path(entry.file).read_bytes() == first
+
+
+def test_detecting_again_is_told_when_it_would_replace_corrections_or_another_volumes_points(
+    mrml_scene, oblique_case_file, trained_model_path, synthetic_data
+):
+    from cascade_landmarks import Landmarks
+
+    volume_node = _load_volume_node(mrml_scene, oblique_case_file)
+    other_volume = _load_volume_node(mrml_scene, synthetic_data / "test" / "case102.nrrd")
+    node = DetectionRun(mrml_scene, volume_node, trained_model_path).start().wait()
+    # An uncorrected detection of the same volume may be replaced (detecting again, say with another model).
+    assert work_at_risk(node, volume_node) is None
+    assert work_at_risk(node, other_volume) == f"{node.GetName()} holds the points detected on oblique."
+    node.SetNthControlPointPositionWorld(1, *(np.array(node.GetNthControlPointPositionWorld(1)) + 0.5))
+    assert work_at_risk(node, volume_node) == f"{node.GetName()} holds corrections (sphere 2)."
+    node.SetNthControlPointPositionWorld(1, *(np.array(node.GetNthControlPointPositionWorld(1)) - 0.5))
+    assert work_at_risk(node, volume_node) is None
+    node.RemoveNthControlPoint(2)
+    assert work_at_risk(node, volume_node) == f"{node.GetName()} holds corrections (sphere 3)."
+    mine = landmarks_to_node(Landmarks(["my point"], [[1.0, 2.0, 3.0]]), mrml_scene, name="my points")
+    assert work_at_risk(mine, volume_node) == "my points holds points that no detection placed."
+    assert work_at_risk(mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode"), volume_node) is None
+
+
+def test_a_case_is_saved_only_with_its_own_volume_and_the_detections_landmarks(
+    mrml_scene, oblique_case_file, trained_model_path, synthetic_data, tmp_path
+):
+    volume_node = _load_volume_node(mrml_scene, oblique_case_file)
+    other_volume = _load_volume_node(mrml_scene, synthetic_data / "test" / "case102.nrrd")
+    node = DetectionRun(mrml_scene, volume_node, trained_model_path).start().wait()
+    folder = tmp_path / "corrected"
+    with pytest.raises(ValueError, match=r"holds the points detected on oblique, not on case102: pick that volume"):
+        save_corrected_case(other_volume, node, folder)
+    # The user deletes a point and places a new one: Slicer labels it by the list's name, not the landmark's.
+    position = np.array(node.GetNthControlPointPositionWorld(1))
+    node.RemoveNthControlPoint(1)
+    node.AddControlPoint(*(position + 1.0), "pts-4")
+    assert point_index(node, "sphere 3") == 1  # the table finds the points by label, not by row
+    with pytest.raises(ValueError, match=r"missing sphere 2; not in model: pts-4\. Give each point the label"):
+        save_corrected_case(volume_node, node, folder)
+    assert not folder.exists()
+    node.SetNthControlPointLabel(point_index(node, "pts-4"), "sphere 2")
+    _, points_path = save_corrected_case(volume_node, node, folder)
+    assert read_landmarks(points_path).labels == ["sphere 1", "sphere 3", "sphere 2"]
+    with pytest.raises(CaseExistsError, match="already in") as exists:
+        save_corrected_case(volume_node, node, folder)
+    assert (exists.value.case, exists.value.folder) == ("oblique", folder)
+    node.SetNthControlPointPositionWorld(0, *(np.array(node.GetNthControlPointPositionWorld(0)) + 2.0))
+    save_corrected_case(volume_node, node, folder, overwrite=True)
+    np.testing.assert_allclose(
+        read_landmarks(points_path).positions_ras[0], node.GetNthControlPointPositionWorld(0), atol=1e-6
+    )
+
+
+def test_a_cancelled_fine_tuning_leaves_no_checkpoint_to_block_the_next(
+    mrml_scene, trained_model_path, synthetic_data, tmp_path
+):
+    folder = synthetic_data / "train"
+    run = FineTuneRun(folder, str(trained_model_path), output=tmp_path / "tuned.pt", stage2_iterations=100000)
+    run.start()
+    # What a run killed after its first checkpoint leaves beside its output (training writes one every 200 steps).
+    checkpoint_path(run.output).write_bytes(b"checkpoint")
+    run.cancel()
+    assert not run.running
+    assert not checkpoint_path(run.output).exists()
+    # A checkpoint left by a run that was killed outright (Slicer closed) keeps its name from being reused.
+    checkpoint_path(tmp_path / "model-fine-tuned.pt").write_bytes(b"checkpoint")
+    assert FineTuneRun(tmp_path, str(trained_model_path)).output == tmp_path / "model-fine-tuned-2.pt"

@@ -85,6 +85,7 @@ class BackgroundCommand:
                 self._process.wait(10)
             except subprocess.TimeoutExpired:
                 self._process.kill()
+                self._process.wait()
 
     def error_message(self) -> str:
         """What the command said went wrong: the CLI's own message (``cascade-landmarks COMMAND: ...``, possibly

@@ -93,17 +93,22 @@ def register_model(
     """Add a model file to the user's registry (its landmark set read from the file) and return its entry.
 
     Args:
-        name: defaults to the file name, or ``<parent>-v<version>`` when it was fine-tuned from ``parent``.
-        parent: the registered model it was fine-tuned from; its version plus one becomes this one's.
+        name: defaults to the file name, or ``<base>-v<version>`` when it was fine-tuned from ``parent``.
+        parent: the registered model it was fine-tuned from: the new version is one more than the highest of
+            ``parent`` and the versions of its base already registered, so a second fine-tuning of the same
+            model is added beside the first, not over it.
     """
     from .modelfile import load_model  # torch: only when a model is added, not to list them
 
     path = Path(path).resolve()
     model = load_model(path)
-    version = 1 if parent is None else find_model(parent).version + 1
+    version = 1
+    if parent is not None:
+        base = re.sub(r"-v\d+$", "", parent)
+        family = [e.version for e in available_models() if re.fullmatch(rf"{re.escape(base)}(-v\d+)?", e.name)]
+        version = max([find_model(parent).version, *family]) + 1
     if name is None:
-        base = re.sub(r"-v\d+$", "", parent) if parent else path.name.removesuffix(".pt")
-        name = f"{base}-v{version}" if parent else base
+        name = f"{base}-v{version}" if parent else path.name.removesuffix(".pt")
     entries = [e for e in _user_models() if e.name != name]
     if any(e.name == name for e in _bundled_models()):
         raise ValueError(f"{name} is the name of a shipped model; choose another name.")

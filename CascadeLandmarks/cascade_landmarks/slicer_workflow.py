@@ -7,9 +7,11 @@ interpreter, timers, dialogs). Nothing here imports ``slicer``: nodes and the sc
 conversions go through :mod:`cascade_landmarks.slicer_bridge`.
 
 What a detection leaves on its point-list node, so the table can be rebuilt from the scene alone: the attribute
-``CascadeLandmarks.Detection`` (JSON: model, labels, detected RAS positions, confidence, flags). Flagged points are
-shown unselected, so Slicer draws them in the display node's (unselected) colour, orange; the others keep the
-selected colour.
+``CascadeLandmarks.Detection`` (JSON: model, input volume, labels, detected RAS positions, confidence, flags).
+Flagged points are shown unselected, so Slicer draws them in the display node's (unselected) colour, orange; the
+others keep the selected colour. The record also guards the user's work: :func:`work_at_risk` says when detecting
+into a point list would replace corrections or another volume's points, and a corrected case is saved only with
+the volume it was detected on and with the detection's landmarks.
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ import numpy as np
 
 from .atomic_files import write_text_atomically
 from .background import BackgroundCommand
+from .landmark_sets import LandmarkDefinition, LandmarkSet
 from .landmarks import read_landmarks, write_landmarks
 from .slicer_bridge import landmarks_from_node, landmarks_to_node, volume_from_node
 from .volumes import write_volume
 
 DETECTION_ATTRIBUTE = "CascadeLandmarks.Detection"
+# A detected point moved farther than this (mm) counts as corrected.
+CORRECTED_MM = 0.01
 FLAGGED_COLOUR = (1.0, 0.55, 0.0)
 CORRECTIONS_LOG = "corrections.csv"
 
@@ -111,7 +116,8 @@ class DetectionRun(_BackgroundRun):
         volume_node: the input; it is not modified.
         model_path: the model file.
         model_name: shown in the default output name ("<volume> <model>").
-        output_node: a point list the user picked as output (its points are replaced); None makes a new one.
+        output_node: a point list the user picked as output (its points are replaced; see :func:`work_at_risk`);
+            None makes a new one, as does a picked list that left the scene while detection ran.
         device: "auto", "cpu" or "cuda".
         python: the interpreter for the background process (``PythonSlicer`` in Slicer).
         environment: extra environment variables for it (``PYTHONPATH`` to find the engine, in Slicer).
@@ -162,8 +168,9 @@ class DetectionRun(_BackgroundRun):
         finally:
             self._cleanup()
         name = f"{self.volume_node.GetName()} {self.model_name}"
-        node = landmarks_to_node(landmarks, self.scene, name=name, node=self.output_node, locked=False)
-        show_detection(node, self.model_name, landmarks.positions_ras, confidence, flagged)
+        output = self.output_node if self.output_node is not None and self.output_node.GetScene() else None
+        node = landmarks_to_node(landmarks, self.scene, name=name, node=output, locked=False)
+        show_detection(node, self.model_name, landmarks.positions_ras, confidence, flagged, self.volume_node)
         self.status = f"Done: {int(np.sum(flagged))} of {len(flagged)} landmarks flagged for checking"
         if self.warnings:
             self.status += "; warning: check every point"
@@ -180,10 +187,12 @@ def _read_confidence(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array([float(r["confidence"]) for r in rows]), np.array([r["flagged"] == "1" for r in rows])
 
 
-def show_detection(node, model_name: str, positions_ras, confidence, flagged) -> None:
-    """Record the detection on the node and show flagged points in the flagged colour."""
+def show_detection(node, model_name: str, positions_ras, confidence, flagged, volume_node=None) -> None:
+    """Record the detection (made on ``volume_node``) on the node and show flagged points in the flagged colour."""
     record = {
         "model": model_name,
+        "volume_id": volume_node.GetID() if volume_node is not None else None,
+        "volume_name": volume_node.GetName() if volume_node is not None else None,
         "labels": [node.GetNthControlPointLabel(i) for i in range(node.GetNumberOfControlPoints())],
         "positions_ras": np.asarray(positions_ras, dtype=float).tolist(),
         "confidence": [float(c) for c in confidence],
@@ -197,12 +206,18 @@ def show_detection(node, model_name: str, positions_ras, confidence, flagged) ->
         display.SetColor(*FLAGGED_COLOUR)
 
 
-def detection_rows(node) -> list[LandmarkRow]:
-    """The table: each detected landmark with its confidence, flag and how far it has been moved (mm)."""
+def _detection_record(node) -> dict | None:
+    """What :func:`show_detection` recorded on the node, or None for a list no detection filled."""
     text = node.GetAttribute(DETECTION_ATTRIBUTE) if node is not None else None
-    if not text:
+    return json.loads(text) if text else None
+
+
+def detection_rows(node) -> list[LandmarkRow]:
+    """The table: each detected landmark with its confidence, flag and how far it has been moved (mm; NaN once
+    its point is deleted or unplaced)."""
+    record = _detection_record(node)
+    if record is None:
         return []
-    record = json.loads(text)
     current = landmarks_from_node(node)
     rows = []
     for index, label in enumerate(record["labels"]):
@@ -215,6 +230,44 @@ def detection_rows(node) -> list[LandmarkRow]:
     return rows
 
 
+def point_index(node, label: str) -> int | None:
+    """The index of the point labelled ``label`` in the list (the first such), or None."""
+    labels = [node.GetNthControlPointLabel(i) for i in range(node.GetNumberOfControlPoints())]
+    return labels.index(label) if label in labels else None
+
+
+def work_at_risk(node, volume_node) -> str | None:
+    """Why detecting on ``volume_node`` into the point list ``node`` would lose work, as a sentence; None when
+    the list is empty or holds only an uncorrected detection of that same volume.
+
+    The work: points the user placed or moved, or the points of another volume (whose list would then carry the
+    new volume's points under the old volume's name).
+    """
+    if node is None or node.GetNumberOfControlPoints() == 0:
+        return None
+    record = _detection_record(node)
+    name = node.GetName()
+    if record is None:
+        return f"{name} holds points that no detection placed."
+    if volume_node is not None and record.get("volume_id") not in (None, volume_node.GetID()):
+        return f"{name} holds the points detected on {record.get('volume_name')}."
+    rows = detection_rows(node)
+    moved = [row.label for row in rows if not row.moved_mm < CORRECTED_MM]
+    if moved or node.GetNumberOfControlPoints() != len(rows):
+        changed = f" ({', '.join(moved)})" if moved else ""
+        return f"{name} holds corrections{changed}."
+    return None
+
+
+class CaseExistsError(ValueError):
+    """A corrected case is already in the training folder (and overwriting was not asked for)."""
+
+    def __init__(self, case: str, folder: Path):
+        super().__init__(f"Case {case} is already in {folder}; choose another case name or allow overwriting.")
+        self.case = case
+        self.folder = folder
+
+
 _CASE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -225,19 +278,39 @@ def save_corrected_case(
     ``<case>.nrrd`` and ``<case>.mrk.json``; append which landmarks were moved, and by how much, to
     ``corrections.csv``. Returns the two paths.
 
+    A detected list is saved only with the volume it was detected on, and only with the detection's landmarks,
+    each placed once (what fine-tuning the model needs); a list no detection filled is saved as it is.
+
     Raises:
-        ValueError: nothing to save, or the case exists and ``overwrite`` is False.
+        CaseExistsError: the case is in the folder and ``overwrite`` is False.
+        ValueError: nothing to save, another volume's points, or points that do not match the detection's labels.
     """
     volume = volume_from_node(volume_node)  # checks the node, and copies the voxels in the world frame
     if point_list_node is None or point_list_node.GetNumberOfControlPoints() == 0:
         raise ValueError("There are no points to save: detect landmarks (or place them) first.")
+    points = landmarks_from_node(point_list_node)
+    record = _detection_record(point_list_node)
+    if record is not None:
+        if record.get("volume_id") not in (None, volume_node.GetID()):
+            raise ValueError(
+                f"{point_list_node.GetName()} holds the points detected on {record.get('volume_name')}, not on "
+                f"{volume_node.GetName()}: pick that volume (or the point list of this one) to save the case."
+            )
+        detected = LandmarkSet(record["model"], "", "", tuple(LandmarkDefinition(x, x, "") for x in record["labels"]))
+        try:
+            detected.match(points, source=f"Point list {point_list_node.GetName()}")
+        except ValueError as error:
+            raise ValueError(
+                f"{error} Give each point the label of the landmark it marks, one point each, then save again: "
+                "fine-tuning needs every landmark of the model."
+            ) from None
     folder = Path(folder)
     case = _CASE_NAME.sub("_", case_name or volume_node.GetName()).strip("_") or "case"
     volume_path, points_path = folder / f"{case}.nrrd", folder / f"{case}.mrk.json"
     if not overwrite and (volume_path.exists() or points_path.exists()):
-        raise ValueError(f"Case {case} is already in {folder}; choose another case name or allow overwriting.")
+        raise CaseExistsError(case, folder)
     write_volume(volume, volume_path)
-    write_landmarks(landmarks_from_node(point_list_node), points_path)
+    write_landmarks(points, points_path)
     _log_corrections(folder / CORRECTIONS_LOG, case, point_list_node)
     return volume_path, points_path
 
@@ -263,7 +336,8 @@ class FineTuneRun(_BackgroundRun):
     Args:
         folder: the training folder (corrected cases).
         base_model: the registered model name (or file) to start from.
-        output: the new model file (default: ``<folder>/<base>-fine-tuned.pt``).
+        output: the new model file (default: ``<folder>/<base>-fine-tuned.pt``, or ``-fine-tuned-2.pt`` and so on
+            when an earlier fine-tuning has that name, so none is overwritten).
         stage1_iterations, stage2_iterations: how long to train each stage.
         device, python, environment: as for :class:`DetectionRun`.
     """
@@ -275,9 +349,7 @@ class FineTuneRun(_BackgroundRun):
         self.folder = Path(folder)
         self.base_model = base_model
         base_path = resolve_model(base_model)
-        self.output = (
-            Path(output) if output else self.folder / f"{Path(base_model).name.removesuffix('.pt')}-fine-tuned.pt"
-        )
+        self.output = Path(output) if output else _unused_model_path(self.folder, Path(base_model).name)
         super().__init__(
             ["train", self.folder, "-o", self.output, "--init-from", base_path, "--stage1-iterations",
              stage1_iterations, "--stage2-iterations", stage2_iterations, "--device", device],
@@ -304,3 +376,21 @@ class FineTuneRun(_BackgroundRun):
         self.status = f"Done: registered {entry.name}"
         self.fraction = 1.0
         return entry
+
+    def _cleanup(self) -> None:
+        """A cancelled fine-tuning leaves no checkpoint behind (the next one would refuse to start beside it)."""
+        from .training import checkpoint_path
+
+        checkpoint_path(self.output).unlink(missing_ok=True)
+
+
+def _unused_model_path(folder: Path, base_model: str) -> Path:
+    """``<folder>/<base>-fine-tuned.pt``, numbered from 2 when that model (or a killed run's checkpoint) is there."""
+    from .training import checkpoint_path
+
+    stem = f"{base_model.removesuffix('.pt')}-fine-tuned"
+    path, number = folder / f"{stem}.pt", 1
+    while path.exists() or checkpoint_path(path).exists():
+        number += 1
+        path = folder / f"{stem}-{number}.pt"
+    return path
