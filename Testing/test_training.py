@@ -251,3 +251,24 @@ def test_the_near_share_of_stage2_patches_is_centred_close_to_the_landmark(synth
     assert near == pytest.approx(near_share, abs=0.06)
     with pytest.raises(ValueError, match="stage2_near_share"):
         TrainingConfig(stage2_near_share=1.5)
+
+
+def test_the_stage1_grid_covers_a_volume_whose_voxel_axes_are_not_l_p_s(tmp_path):
+    """A sagittal MRI's i axis may run along S: the stage-1 grid (along L, P, S) must cover the volume's LPS box."""
+    from cascade_landmarks.data import check_cases, find_cases
+    from cascade_landmarks.detector import field_of_view_warnings
+    from cascade_landmarks.training import default_config
+
+    from conftest import rotation
+
+    i_along_s = rotation([0.0, 1.0, 0.0], 90.0)
+    write_cases(tmp_path / "sagittal", [5], size=(60, 30, 20), direction=i_along_s)
+    cases = check_cases(find_cases(tmp_path / "sagittal"), SPHERES_SET)
+    geometry = cases[0].geometry
+    np.testing.assert_allclose(geometry.extent_mm, [90.0, 45.0, 30.0])  # along i, j, k
+    np.testing.assert_allclose(geometry.lps_extent_mm, [30.0, 45.0, 90.0], atol=1e-9)  # along L, P, S
+    config = default_config(cases, SPHERES_SET, stage1_spacing_mm=3.0, unet_depth=2)
+    grid_mm = np.asarray(config.stage1_grid) * 3.0
+    assert np.all(grid_mm >= geometry.lps_extent_mm)
+    assert np.all(grid_mm < geometry.lps_extent_mm + 12.0)
+    assert field_of_view_warnings(geometry, config) == []

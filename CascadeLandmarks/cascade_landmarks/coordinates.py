@@ -14,6 +14,7 @@ spacing and origin), never through origin or spacing alone.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,6 +121,16 @@ class Geometry:
     def extent_mm(self) -> np.ndarray:
         """Physical edge lengths of the grid along ``i, j, k`` in mm, shape (3,)."""
         return np.asarray(self.size) * self.spacing
+
+    @property
+    def lps_extent_mm(self) -> np.ndarray:
+        """Edge lengths of the grid's bounding box along L, P, S in mm (voxel edges included), shape (3,).
+
+        What the axis-aligned stage-1 grid must cover; unlike :attr:`extent_mm` it does not depend on how the
+        voxels are ordered (a sagittal MRI's i axis may run along S).
+        """
+        corners = self.index_to_lps(np.array(list(itertools.product(*[(-0.5, n - 0.5) for n in self.size]))))
+        return corners.max(axis=0) - corners.min(axis=0)
 
     def describe(self) -> str:
         """One line a user can check against the header they expect."""

@@ -67,7 +67,7 @@ class TrainingCase:
         sampler: kept for validation cases, to cut stage-2 patches anywhere.
         augmenter: kept when training augments, to sample the volume through random transforms.
         twins: for each landmark, the index of its left/right twin (itself without one).
-        centre_lps, extent_mm: the volume's centre and edge lengths, around which transforms are drawn.
+        centre_lps, extent_mm: the volume's centre and LPS bounding box, around which transforms are drawn.
     """
 
     name: str
@@ -191,7 +191,7 @@ def prepare_case(
         augmenter=AugmentingSampler(sampler) if augmentation.enabled else None,
         twins=config.landmark_set.twin_permutation(),
         centre_lps=volume.geometry.index_to_lps((np.asarray(volume.geometry.size) - 1) / 2.0),
-        extent_mm=volume.geometry.extent_mm,
+        extent_mm=volume.geometry.lps_extent_mm,
     )
 
 

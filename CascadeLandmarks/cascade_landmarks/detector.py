@@ -20,7 +20,6 @@ far off with a high heatmap peak. Detection warns when the field of view differs
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import time
 from collections.abc import Callable
@@ -154,8 +153,7 @@ def detect(
 def field_of_view_warnings(geometry: Geometry, config: CascadeConfig) -> list[str]:
     """A warning when the volume's field of view (its LPS bounding box) is more than :data:`FIELD_OF_VIEW_FACTOR`
     times smaller or larger than the model's stage-1 grid along an axis, else nothing."""
-    corners = geometry.index_to_lps(np.array(list(itertools.product(*[(-0.5, n - 0.5) for n in geometry.size]))))
-    volume_mm = corners.max(axis=0) - corners.min(axis=0)
+    volume_mm = geometry.lps_extent_mm
     grid_mm = np.asarray(config.stage1_grid) * config.stage1_spacing_mm
     ratio = volume_mm / grid_mm
     if np.all((ratio >= 1 / FIELD_OF_VIEW_FACTOR) & (ratio <= FIELD_OF_VIEW_FACTOR)):

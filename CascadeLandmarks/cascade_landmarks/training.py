@@ -109,7 +109,7 @@ def default_config(
         stage1_spacing_mm = 4 * stage2_spacing_mm
     depth = settings.get("unet_depth", 3)
     if stage1_grid is None:
-        extent = np.max([c.geometry.extent_mm for c in cases], axis=0)
+        extent = np.max([c.geometry.lps_extent_mm for c in cases], axis=0)
         stage1_grid = tuple(int(math.ceil(e / stage1_spacing_mm / 2**depth) * 2**depth) for e in extent)
     return CascadeConfig.default(
         landmark_set,
