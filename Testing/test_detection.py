@@ -76,6 +76,18 @@ def test_the_detect_command_writes_one_markups_file_per_volume_and_a_csv(tmp_pat
     assert [row["case"] for row in rows] == ["case100"] * 3 + ["case101"] * 3
     assert {"confidence", "flagged", "stage1_x", "stage2_shift_mm"} <= set(rows[0])
     assert rows[0]["coordinate_system"] == "RAS"
+    # Results already there (in a folder of cases, its reference landmarks) are kept unless --overwrite is given.
+    before = (tmp_path / "out" / "case100.mrk.json").read_bytes()
+    again = [str(BIN / "cascade-landmarks"), "detect", str(trained_model_path), str(volumes[0]), "-o",
+             str(tmp_path / "out"), "--quiet"]  # fmt: skip
+    refused = subprocess.run(again, capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert "case100.mrk.json" in refused.stderr
+    assert "add --overwrite to replace them" in refused.stderr
+    assert (tmp_path / "out" / "case100.mrk.json").read_bytes() == before
+    replaced = subprocess.run([*again, "--overwrite"], capture_output=True, text=True)
+    assert replaced.returncode == 0, replaced.stderr
+    assert (tmp_path / "out" / "case100.mrk.json").read_bytes() != before  # one pass, no mirroring this time
 
 
 def test_asking_for_a_gpu_without_one_falls_back_to_the_cpu_with_a_warning():
@@ -207,3 +219,15 @@ def test_a_field_of_view_unlike_the_training_scans_is_warned_about(tmp_path, tra
     assert result.returncode == 0, result.stderr
     assert "Warning: tight: The volume covers 60 x 60 x 18 mm (L x P x S), much less than" in result.stderr
     assert "Check every point" in result.stderr
+
+
+def test_a_registered_model_is_found_by_its_name(synthetic_data):
+    from cascade_landmarks.model_registry import resolve_model
+
+    volume = read_volume(synthetic_data / "test" / "case100.nrrd")
+    by_name = detect(volume, "cardiac-5-phantom", device="cpu")
+    by_file = detect(volume, resolve_model("cardiac-5-phantom"), device="cpu")
+    assert by_name.labels == load_model(resolve_model("cardiac-5-phantom")).landmark_labels
+    np.testing.assert_array_equal(by_name.positions_lps, by_file.positions_lps)
+    with pytest.raises(ValueError, match="cardiac-6"):
+        detect(volume, "cardiac-6", device="cpu")

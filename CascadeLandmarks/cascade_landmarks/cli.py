@@ -162,7 +162,7 @@ def _add_train_parser(commands) -> None:
     train.add_argument("data", help="folder of volumes with landmark files of the same name, or a CSV manifest")
     train.add_argument("-o", "--output", required=True, help="model file to write (.pt)")
     train.add_argument("--landmarks", help="landmark set: cardiac-5, aortic-9, afids-32 or a definition file")
-    train.add_argument("--init-from", help="fine-tune this model file on the data")
+    train.add_argument("--init-from", help="fine-tune this model (file or registered name) on the data")
     train.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
     defaults = TrainingConfig()
     schedule = train.add_argument_group("schedule")
@@ -269,7 +269,7 @@ def _run_train(args: argparse.Namespace) -> int:
         args.output,
         landmark_set=args.landmarks,
         training=training,
-        init_from=args.init_from,
+        init_from=resolve_model(args.init_from) if args.init_from else None,
         resume=args.resume,
         progress=not args.quiet,
         config_settings=settings,
@@ -295,9 +295,12 @@ def _mm(value: float | None) -> str:
 
 def _add_detect_parser(commands) -> None:
     parser = commands.add_parser("detect", help="detect landmarks in volumes; one .mrk.json each and a CSV")
-    parser.add_argument("model", help="model file")
+    parser.add_argument("model", help="model file or registered name (e.g. afids-32-mni152)")
     parser.add_argument("volumes", nargs="+", help="volume files or DICOM folders")
     parser.add_argument("-o", "--output", required=True, help="folder for the results")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace results already in the output folder (default: refuse)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--coordinate-system", choices=["LPS", "RAS"], default="LPS", help="frame of the outputs")
     _add_detection_options(parser, "default: the model's")
@@ -336,13 +339,19 @@ def _given_detection_settings(args: argparse.Namespace) -> dict:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    model = load_model(args.model)
+    model = load_model(resolve_model(args.model))
     settings = _given_detection_settings(args)
     output = Path(args.output)
     names = [case_name(path) for path in args.volumes]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"Several volumes are named {', '.join(repeated)}; their results would overwrite each other.")
+    existing = [p for p in [*(output / f"{n}.mrk.json" for n in names), output / "detections.csv"] if p.exists()]
+    if existing and not args.overwrite:
+        raise ValueError(
+            f"{', '.join(str(p) for p in existing)} already exist(s) (a folder of cases keeps its reference "
+            "landmarks under these names): choose another output folder, or add --overwrite to replace them."
+        )
     bar = ProgressBar(100 * len(args.volumes), "detecting", enabled=not args.quiet)
     detections = {}
     for index, (name, path) in enumerate(zip(names, args.volumes, strict=True)):
@@ -366,7 +375,7 @@ def _run_detect(args: argparse.Namespace) -> int:
 
 def _add_evaluate_parser(commands) -> None:
     parser = commands.add_parser("evaluate", help="error tables, plot and quality-control images on annotated cases")
-    parser.add_argument("model", help="model file")
+    parser.add_argument("model", help="model file or registered name")
     parser.add_argument("data", help="folder of volumes with reference landmark files, or a CSV manifest")
     parser.add_argument("-o", "--output", required=True, help="folder for the report")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
@@ -384,7 +393,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             write_png(output / "qc" / f"{name}.png", quality_control_image(volume, reference, detection))
 
     evaluation = evaluate(
-        args.model,
+        resolve_model(args.model),
         args.data,
         device=args.device,
         progress=not args.quiet,

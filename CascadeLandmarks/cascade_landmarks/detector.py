@@ -34,6 +34,7 @@ from .coordinates import Geometry, lps_to_ras
 from .devices import select_device
 from .heatmaps import decode_peaks
 from .landmarks import Landmarks, write_landmarks_csv
+from .model_registry import resolve_model
 from .modelfile import CascadeModel, load_model
 from .models import HeatmapUNet
 from .preprocessing import Sampler, stage1_geometry
@@ -94,7 +95,7 @@ def detect(
     """Find the model's landmarks in ``volume`` (a :class:`Volume` or a volume file); the volume is not modified.
 
     Args:
-        model: a loaded :class:`CascadeModel` or a model file.
+        model: a loaded :class:`CascadeModel`, a model file or a registered model's name.
         device: "auto", "cpu" or "cuda" (falls back to the CPU when there is no GPU).
         progress: called with (step description, fraction done) as detection goes.
         settings: detection settings for this call only, in place of the model's (``stage2_passes``,
@@ -105,7 +106,7 @@ def detect(
     if not isinstance(volume, Volume):
         volume = read_volume(volume)
     if not isinstance(model, CascadeModel):
-        model = load_model(model)
+        model = load_model(resolve_model(model))
     if settings:
         model = dataclasses.replace(model, config=model.config.with_detection_settings(**settings))
     config = model.config

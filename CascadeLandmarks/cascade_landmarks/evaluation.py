@@ -19,6 +19,7 @@ from .atomic_files import write_text_atomically
 from .data import check_cases, find_cases
 from .detector import Detection, detect
 from .landmarks import Landmarks
+from .model_registry import resolve_model
 from .modelfile import CascadeModel, load_model
 from .progress import ProgressBar
 from .volumes import read_volume
@@ -169,7 +170,7 @@ def evaluate(
     quality-control images use it).
     """
     if not isinstance(model, CascadeModel):
-        model = load_model(model)
+        model = load_model(resolve_model(model))
     cases = check_cases(find_cases(data), model.config.landmark_set)
     bar = ProgressBar(len(cases), "evaluating", enabled=progress)
     detections, references, names = [], [], []
