@@ -81,3 +81,10 @@ def test_bad_input_gives_one_clear_line_and_exit_code_2(tmp_path):
     typo = _run("train", str(tmp_path), "-o", str(tmp_path / "m.pt"), "--augmentation-setting", "elastic=3")
     assert typo.returncode == 2
     assert typo.stderr.startswith("cascade-landmarks train: Augmentation setting 'elastic=3': give NAME=VALUE")
+    # An existing file is not replaced by a training unless asked (checked before any case is read).
+    precious = tmp_path / "precious.pt"
+    precious.write_bytes(b"a model trained for a week")
+    kept = _run("train", str(tmp_path), "-o", str(precious))
+    assert kept.returncode == 2
+    assert kept.stderr.startswith(f"cascade-landmarks train: {precious} already exists: choose another output file")
+    assert precious.read_bytes() == b"a model trained for a week"

@@ -164,6 +164,7 @@ def _add_train_parser(commands) -> None:
     train.add_argument("--landmarks", help="landmark set: cardiac-5, aortic-9, afids-32 or a definition file")
     train.add_argument("--init-from", help="fine-tune this model (file or registered name) on the data")
     train.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     defaults = TrainingConfig()
     schedule = train.add_argument_group("schedule")
     schedule.add_argument("--stage1-iterations", type=int, default=defaults.stage1_iterations)
@@ -234,6 +235,8 @@ def _run_export_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    if Path(args.output).exists() and not (args.overwrite or args.resume):
+        raise ValueError(f"{args.output} already exists: choose another output file, or add --overwrite to replace it.")
     defaults = TrainingConfig()
     training = TrainingConfig(
         stage1_iterations=args.stage1_iterations,
