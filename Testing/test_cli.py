@@ -88,3 +88,18 @@ def test_bad_input_gives_one_clear_line_and_exit_code_2(tmp_path):
     assert kept.returncode == 2
     assert kept.stderr.startswith(f"cascade-landmarks train: {precious} already exists: choose another output file")
     assert precious.read_bytes() == b"a model trained for a week"
+
+
+def test_a_manifest_saved_by_excel_is_read_and_an_empty_cell_is_named_by_its_line(tmp_path, synthetic_data):
+    from cascade_landmarks.data import find_cases
+
+    train = synthetic_data / "train"
+    rows = [f"case{n:03d},{train}/case{n:03d}.nrrd,{train}/case{n:03d}.mrk.json" for n in (0, 1)]
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes("\ufeffcase,volume,landmarks\n".encode() + "\n".join(rows).encode() + b"\n")
+    assert [c.name for c in find_cases(excel)] == ["case000", "case001"]
+    short = tmp_path / "short.csv"
+    short.write_text("case,volume,landmarks\n" + rows[0] + "\ncase001,,\n")
+    result = _run("train", str(short), "-o", str(tmp_path / "m.pt"), "--landmarks", "cardiac-5")
+    assert result.returncode == 2
+    assert "line(s) 3 leave a case, volume or landmarks cell empty" in result.stderr

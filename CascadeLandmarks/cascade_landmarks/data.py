@@ -124,12 +124,21 @@ def find_cases(source: str | os.PathLike) -> list[CaseFiles]:
 
 
 def _cases_from_manifest(manifest: Path) -> list[CaseFiles]:
-    with open(manifest, newline="", encoding="utf-8") as handle:
+    columns = ("case", "volume", "landmarks")
+    with open(manifest, newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         rows = list(csv.DictReader(handle))
-    if not rows or not {"case", "volume", "landmarks"} <= set(rows[0]):
+    if not rows or not set(columns) <= set(rows[0]):
         raise ValueError(f"Manifest {manifest} needs the columns case, volume, landmarks and at least one row.")
+    incomplete = [str(n) for n, row in enumerate(rows, start=2) if not all((row[c] or "").strip() for c in columns)]
+    if incomplete:
+        raise ValueError(
+            f"Manifest {manifest}: line(s) {', '.join(incomplete)} leave a case, volume or landmarks cell empty; "
+            "give all three on every line."
+        )
     root = manifest.parent
-    return [CaseFiles(row["case"], root / row["volume"], root / row["landmarks"]) for row in rows]
+    return [
+        CaseFiles(row["case"].strip(), root / row["volume"].strip(), root / row["landmarks"].strip()) for row in rows
+    ]
 
 
 def check_cases(cases: list[CaseFiles], landmark_set: LandmarkSet) -> list[CheckedCase]:
