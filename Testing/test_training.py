@@ -125,6 +125,7 @@ def test_a_killed_training_resumes_where_it_stopped_and_ends_as_if_never_stopped
     resumed = subprocess.run([*_train_command(data, killed, *schedule), "--resume"], capture_output=True, text=True)
     resume_seconds = time.monotonic() - started
     assert resumed.returncode == 0, resumed.stderr
+    assert "not used" not in resumed.stderr  # the same schedule as the checkpoint's: nothing to warn of
     assert not checkpoint_path(killed).exists()
 
     uninterrupted = tmp_path / "uninterrupted.pt"
@@ -147,6 +148,19 @@ def test_the_cosine_schedule_falls_from_the_learning_rate_to_zero_over_each_stag
     assert TrainingConfig(learning_rate=1e-3).learning_rate_at(99, 100) == 1e-3  # the default stays the paper's
     with pytest.raises(ValueError, match="learning_rate_schedule must be one of constant, cosine"):
         TrainingConfig(learning_rate_schedule="step")
+
+
+def test_a_resumed_run_names_the_given_settings_it_does_not_use(capsys):
+    from cascade_landmarks.training import _warn_of_ignored_settings
+
+    checkpoint = TrainingConfig(stage2_iterations=40, learning_rate=1e-4, device="cuda")
+    _warn_of_ignored_settings(TrainingConfig(stage2_iterations=40, learning_rate=1e-4), checkpoint, True)
+    assert capsys.readouterr().err == ""  # another device is allowed: a run may resume on another machine
+    _warn_of_ignored_settings(TrainingConfig(stage2_iterations=90000, learning_rate=1e-4), checkpoint, True)
+    assert capsys.readouterr().err == (
+        "Warning: A resumed run keeps its checkpoint's training settings; not used: stage2_iterations 90000 "
+        "(the checkpoint's: 40).\n"
+    )
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path, synthetic_data):

@@ -51,6 +51,10 @@ def test_writing_is_atomic_and_leaves_no_temporary_files(tmp_path, oblique_volum
     target.write_text("the user's old file")
     with pytest.raises(ValueError, match="extensions"):
         write_volume(oblique_volume, tmp_path / "case.txt")
+    # A detached header names its data file, which the rename into place would leave under a temporary name.
+    for detached in ("case.nhdr", "case.mhd"):
+        with pytest.raises(ValueError, match=r"use one of the extensions \.nrrd, \.nii, \.nii\.gz, \.mha\.$"):
+            write_volume(oblique_volume, tmp_path / detached)
     write_volume(oblique_volume, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.nrrd"]
     assert read_volume(target).geometry.same_as(oblique_volume.geometry)

@@ -34,7 +34,7 @@ from .detector import detect, write_detections_csv
 from .evaluation import evaluate, write_tables
 from .figures import quality_control_image, write_error_plot, write_png
 from .landmark_sets import available_landmark_sets, load_landmark_set
-from .landmarks import Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
+from .landmarks import LANDMARK_SUFFIXES, Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
 from .model_registry import resolve_model
 from .modelfile import load_model
 from .phantoms import FORMATS as PHANTOM_FORMATS
@@ -128,7 +128,7 @@ def _build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", help="landmark file (.mrk.json or .fcsv)")
     convert.add_argument("output", help="output file: .mrk.json, or .csv (long format)")
     convert.add_argument("--coordinate-system", choices=["LPS", "RAS"], default="LPS", help="frame to write in")
-    convert.add_argument("--case", help="case name for the CSV (default: the source file name)")
+    convert.add_argument("--case", help="case name for the CSV (default: the source file name without .mrk.json/.fcsv)")
     convert.set_defaults(run=_run_convert)
 
     sets = commands.add_parser("sets", help="list the shipped landmark sets, or the landmarks of one")
@@ -473,7 +473,8 @@ def _run_convert(args: argparse.Namespace) -> int:
     landmarks = read_landmarks(args.source)
     output = Path(args.output)
     if output.suffix.lower() == ".csv":
-        case = args.case or Path(args.source).name.split(".")[0]
+        name = Path(args.source).name
+        case = args.case or next((name[: -len(s)] for s in LANDMARK_SUFFIXES if name.lower().endswith(s)), name)
         write_landmarks_csv({case: landmarks}, output, coordinate_system=args.coordinate_system)
     else:
         write_landmarks(landmarks, output, coordinate_system=args.coordinate_system)

@@ -41,7 +41,7 @@ from .devices import select_device
 from .landmark_sets import LandmarkSet, load_landmark_set
 from .losses import euclidean_loss, heatmap_loss
 from .modelfile import CascadeModel, load_model, model_from_state, save_model
-from .progress import ProgressBar
+from .progress import ProgressBar, warn
 
 CHECKPOINT_FORMAT = "cascade-landmarks-checkpoint"
 # How a checkpoint written before checkpoints kept the lineage (the model a fine-tune started from) is read.
@@ -150,7 +150,7 @@ def train(
         the trained model (on the CPU).
     """
     output = Path(output)
-    training = training or TrainingConfig()
+    given_training, training = training, training or TrainingConfig()
     process = _join_process_group(training.device)
     if not resume and checkpoint_path(output).exists():
         raise ValueError(
@@ -159,7 +159,10 @@ def train(
         )
     checkpoint = _read_checkpoint(output) if resume else None
     if checkpoint is not None:
-        training = TrainingConfig.from_dict(json.loads(checkpoint["training"]))
+        resumed = TrainingConfig.from_dict(json.loads(checkpoint["training"]))
+        if given_training is not None:
+            _warn_of_ignored_settings(given_training, resumed, process.is_main)
+        training = resumed
         config = CascadeConfig.from_dict(json.loads(checkpoint["model"]["config"]))
     base_model = load_model(init_from) if init_from is not None and checkpoint is None else None
     if base_model is not None:
@@ -422,6 +425,18 @@ def _record_header(landmark_set_name: str, training_names: list[str], validation
         "landmark_set": landmark_set_name,
         "cases": {"training": training_names, "validation": validation_names},
     }
+
+
+def _warn_of_ignored_settings(given: TrainingConfig, resumed: TrainingConfig, is_main: bool) -> None:
+    """A resumed run keeps its checkpoint's schedule: say which of the given settings differ, so none is lost
+    without a word (the device is the exception: a run may resume on another machine)."""
+    ignored = [
+        f"{name} {getattr(given, name)!r} (the checkpoint's: {getattr(resumed, name)!r})"
+        for name in (f.name for f in dataclasses.fields(TrainingConfig))
+        if name != "device" and getattr(given, name) != getattr(resumed, name)
+    ]
+    if ignored and is_main:
+        warn(f"A resumed run keeps its checkpoint's training settings; not used: {'; '.join(ignored)}.")
 
 
 def _checkpoint_lineage(state: dict) -> dict:

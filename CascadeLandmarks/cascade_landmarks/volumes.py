@@ -18,6 +18,7 @@ from .atomic_files import write_atomically
 from .coordinates import Geometry
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")  # read, not written
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,9 +116,14 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True) -> Path:
-    """Write ``volume`` to ``path`` atomically, in the format its extension names (``.nrrd``, ``.nii.gz``)."""
-    if not is_volume_path(path):
-        raise ValueError(f"Cannot write volume {path}: use one of the extensions {', '.join(VOLUME_SUFFIXES)}.")
+    """Write ``volume`` to ``path`` atomically, in the format its extension names (``.nrrd``, ``.nii.gz``).
+
+    Only single-file formats: a detached header (``.nhdr``, ``.mhd``) names its data file, which one rename
+    cannot move with it.
+    """
+    writable = [s for s in VOLUME_SUFFIXES if s not in DETACHED_HEADER_SUFFIXES]
+    if str(path).lower().endswith(DETACHED_HEADER_SUFFIXES) or not is_volume_path(path):
+        raise ValueError(f"Cannot write volume {path}: use one of the extensions {', '.join(writable)}.")
     image = volume.to_sitk()
     return write_atomically(path, lambda temporary: sitk.WriteImage(image, str(temporary), compress))
 
