@@ -47,6 +47,29 @@ def test_statistics_and_success_rates_by_hand():
     assert "| a | 2.17 +- 0.85 | 2.50 | 3.00 | 33% | 67% | 100% | 100% |" in table
 
 
+def test_tied_confidences_give_one_correlation_whatever_the_case_order():
+    # Confidence 0 is common (a flat heatmap, or stage 2 moving the whole radius): ties share their average rank.
+    confidence = np.array([[0.0, 0.0], [0.0, 0.9], [0.5, 0.7]])
+    cascade = np.array([[4.0, 1.0], [3.0, 0.5], [2.0, 0.8]])
+    correlations = {
+        _evaluation(cascade[order], cascade[order], confidence[order]).confidence_check()[
+            "spearman_confidence_vs_error"
+        ]
+        for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0])
+    }
+    assert len({round(c, 12) for c in correlations}) == 1
+    # By hand: confidence ranks 1, 1, 1 (the three zeros), 5, 3, 4 against error ranks 5, 2, 4, 0, 3, 1.
+    assert correlations.pop() == pytest.approx(-13.5 / np.sqrt(15.5 * 17.5))
+
+
+def test_a_label_with_a_pipe_stays_in_its_markdown_cell():
+    evaluation = _evaluation(np.ones((3, 2)), np.ones((3, 2)), np.full((3, 2), 0.9))
+    evaluation.labels = ["left | upper", "b"]
+    row = next(line for line in evaluation.markdown().splitlines() if line.startswith("| left"))
+    assert row.startswith("| left \\| upper | 1.00 +- 0.00 |")
+    assert row.replace("\\|", "").count("|") == 9  # the header's eight cells
+
+
 def _png_size(path: Path) -> tuple[int, int]:
     header = path.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
@@ -93,3 +116,17 @@ def test_quality_control_draws_the_reference_on_the_bright_sphere(trained_model_
     # 30 pixels away it is the dark background.
     assert image[2 * tile + 48 + 5, 48 + 5].mean() > 200
     assert image[2 * tile + 48 + 30, 48 + 30].mean() < 100
+
+
+def test_without_vtk_evaluate_says_so_first_and_still_writes_the_tables(tmp_path, trained_model_path, synthetic_data):
+    # The engine's own install has no VTK (it is the "report" extra); a Python that cannot import it stands in.
+    no_vtk = "import sys; sys.modules['vtk'] = None; from cascade_landmarks.cli import main; sys.exit(main())"
+    result = subprocess.run(
+        [sys.executable, "-c", no_vtk, "evaluate", str(trained_model_path), str(synthetic_data / "test"),
+         "-o", str(tmp_path), "--quiet", "--no-qc"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("Warning: The error plot needs VTK")
+    assert "| **all** |" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["errors.csv", "errors.md", "errors_per_case.csv"]

@@ -32,7 +32,7 @@ from .augmentation import with_settings
 from .config import DETECTION_SETTINGS, FINE_TUNING_LEARNING_RATE, LEARNING_RATE_SCHEDULES, TrainingConfig
 from .detector import detect, write_detections_csv
 from .evaluation import evaluate, write_tables
-from .figures import quality_control_image, write_error_plot, write_png
+from .figures import PLOT_NEEDS_VTK, can_plot, quality_control_image, write_error_plot, write_png
 from .landmark_sets import available_landmark_sets, load_landmark_set
 from .landmarks import LANDMARK_SUFFIXES, Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
 from .model_registry import resolve_model
@@ -395,6 +395,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         if not args.no_qc:
             write_png(output / "qc" / f"{name}.png", quality_control_image(volume, reference, detection))
 
+    plot = can_plot()
+    if not plot:  # said before the long part, not after it
+        warn(f"{PLOT_NEEDS_VTK} Without it, errors.png is skipped; the tables and quality-control images are not.")
     evaluation = evaluate(
         resolve_model(args.model),
         args.data,
@@ -404,7 +407,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         **_given_detection_settings(args),
     )
     written = write_tables(evaluation, output)
-    written.append(write_error_plot(evaluation, output / "errors.png"))
+    if plot:
+        written.append(write_error_plot(evaluation, output / "errors.png"))
     print(evaluation.markdown())
     print("Wrote " + ", ".join(str(p) for p in written) + ("" if args.no_qc else f" and {output / 'qc'}/*.png"))
     return 0

@@ -105,7 +105,7 @@ class Evaluation:
             ]
             for row in self.rows():
                 rates = " | ".join(f"{100 * row[f'{stage}_within_{r:g}mm']:.0f}%" for r in SUCCESS_RADII_MM)
-                name = f"**{row['landmark']}**" if row["landmark"] == "all" else row["landmark"]
+                name = f"**{row['landmark']}**" if row["landmark"] == "all" else markdown_cell(row["landmark"])
                 lines.append(
                     f"| {name} | {row[f'{stage}_mean']:.2f} +- {row[f'{stage}_std']:.2f} | "
                     f"{row[f'{stage}_median']:.2f} | {row[f'{stage}_max']:.2f} | {rates} |"
@@ -225,9 +225,24 @@ def _statistics(values: np.ndarray, *, prefix: str) -> dict:
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
-    ranks_a = np.argsort(np.argsort(a)).astype(float)
-    ranks_b = np.argsort(np.argsort(b)).astype(float)
-    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 0, tied values sharing their average rank (so the order of the cases does not matter)."""
+    values = np.asarray(values)
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values), dtype=float)
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def markdown_cell(text: str) -> str:
+    """``text`` for a Markdown table cell: a ``|`` in a label would start another column."""
+    return str(text).replace("|", "\\|")
 
 
 def _format(value: float | None) -> str:

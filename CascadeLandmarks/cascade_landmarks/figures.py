@@ -129,13 +129,25 @@ def _put(tile: np.ndarray, row: int, column: int, colour) -> None:
         tile[row, column] = colour
 
 
+PLOT_NEEDS_VTK = 'The error plot needs VTK: `pip install "cascade-landmarks[report]"`, or run inside 3D Slicer.'
+
+
+def can_plot() -> bool:
+    """Whether :func:`write_error_plot` can run here (VTK is importable)."""
+    try:
+        import vtk  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def write_error_plot(evaluation, path: str | os.PathLike, *, title: str = "Mean error per landmark (mm)") -> Path:
     """A bar chart of the mean error per landmark, stage 1 beside the cascade (and the human raters when the
     evaluation has them), as PNG (needs VTK)."""
     try:
         import vtk
     except ImportError as error:
-        raise ValueError("The error plot needs VTK: `pip install vtk`, or run inside 3D Slicer.") from error
+        raise ValueError(PLOT_NEEDS_VTK) from error
     # Offscreen rendering tries an X display before EGL; without a display that is expected, not worth a warning.
     vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_ERROR)
     rows = evaluation.rows()
