@@ -96,6 +96,14 @@ def test_fcsv_honours_its_coordinate_system(tmp_path, version, system, expected_
     np.testing.assert_allclose(landmarks.positions_lps[0], expected_lps)
 
 
+def test_an_fcsv_that_names_no_coordinate_system_is_refused(tmp_path):
+    # Slicer 5 reads such a file as LPS; Slicer 4.10 and earlier wrote RAS: either guess mirrors L and P for some.
+    path = tmp_path / "points.fcsv"
+    path.write_text(FCSV_COLUMNS + "vtkMRMLMarkupsFiducialNode_1,1.5,2.5,3.5,0,0,0,1,1,1,0,P,,\n")
+    with pytest.raises(ValueError, match=r"does not say its coordinate system .* Add '# CoordinateSystem = RAS'"):
+        read_landmarks(path)
+
+
 @pytest.mark.parametrize("system", ["LPS", "RAS"])
 def test_long_csv_round_trip_keeps_cases_labels_descriptions_and_order(tmp_path, oblique_landmarks, system):
     second = Landmarks(["b", "a"], [[1.0, 2.0, 3.0], [np.nan] * 3], ["x", "y"])

@@ -206,13 +206,15 @@ _FCSV_DEFAULT_COLUMNS = [
 
 
 def read_fcsv(path: str | os.PathLike) -> Landmarks:
-    """Read a Slicer ``.fcsv`` point list; honours its ``# CoordinateSystem`` line (RAS when absent)."""
+    """Read a Slicer ``.fcsv`` point list in the frame its ``# CoordinateSystem`` line names; a file without one is
+    refused (Slicer 5 reads it as LPS, the files of Slicer 4.10 and earlier held RAS: guessing mirrors half of
+    them)."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"Cannot read landmarks from {path}: {error}.") from error
-    system, columns, rows = "RAS", _FCSV_DEFAULT_COLUMNS, []
+    system, columns, rows = None, _FCSV_DEFAULT_COLUMNS, []
     for line in lines:
         if line.startswith("#"):
             key, _, value = line.lstrip("#").partition("=")
@@ -225,6 +227,11 @@ def read_fcsv(path: str | os.PathLike) -> Landmarks:
                 columns = [c.strip() for c in value.split(",")]
         elif line.strip():
             rows.append(line)
+    if system is None:
+        raise ValueError(
+            f"{path} does not say its coordinate system (no '# CoordinateSystem' line). Add '# CoordinateSystem = "
+            "RAS' (or LPS, whichever its points are in) below its first line, and read it again."
+        )
     missing = {"x", "y", "z", "label"} - set(columns)
     if missing:
         raise ValueError(f"{path} lacks the fcsv columns {', '.join(sorted(missing))}.")
