@@ -7,7 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
+# Elsewhere, TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU build from PyTorch's own index.
 TORCH := torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: demo test lint clean
 
@@ -15,7 +17,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed-engine: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e .
 	touch $@
 

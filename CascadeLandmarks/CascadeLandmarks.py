@@ -185,7 +185,7 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             result = run.finish()
-        except ValueError as error:
+        except Exception as error:  # a message box, never a stack in the console (an OSError too: disk full)
             self.ui.statusLabel.text = "Failed."
             slicer.util.errorDisplay(str(error))
             return

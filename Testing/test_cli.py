@@ -70,6 +70,12 @@ def test_the_demo_finds_the_phantom_landmarks_with_the_bundled_model(tmp_path):
     assert detected.labels == truth.labels == list(load_landmark_set("cardiac-5").labels)
     errors = np.linalg.norm(detected.positions_lps - truth.positions_lps, axis=1)
     assert errors.mean() < DEMO_MEAN_ERROR_LIMIT_MM, errors
+    # The file says, as the terminal does, that the figures are from synthetic data and which model made them.
+    assert (
+        (tmp_path / "out/errors.txt")
+        .read_text()
+        .startswith("Error against the phantom's exact landmarks (synthetic data), model cardiac-5-phantom:")
+    )
     assert f"{errors.mean():.2f}mm" in result.stdout.splitlines()[-3]
     png = (tmp_path / "out/landmarks.png").read_bytes()
     assert png.startswith(b"\x89PNG")

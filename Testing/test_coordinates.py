@@ -57,3 +57,14 @@ def test_unusable_geometry_is_refused_with_the_reason(field, value, phrase):
     settings[field] = value
     with pytest.raises(ValueError, match=phrase):
         Geometry(**settings)
+
+
+def test_the_one_line_description_says_where_the_axes_point():
+    size, spacing, origin = (4, 5, 6), (1.0, 1.0, 2.0), np.zeros(3)
+    assert Geometry(size, spacing, origin, np.eye(3)).describe().endswith("LPS mm, axes LPS")
+    nifti = Geometry(size, spacing, origin, np.diag([-1.0, -1.0, 1.0]))  # what a NIfTI's RAS grid reads as
+    assert nifti.axes_code() == "RAS"
+    sagittal = Geometry(size, spacing, origin, np.array([[0.0, 0, 1], [1, 0, 0], [0, -1, 0]]))  # i runs P, j I, k L
+    assert sagittal.axes_code() == "PIL"
+    assert Geometry(size, spacing, origin, rotation([0, 0, 1], 20.0)).axes_code() == "LPS oblique"
+    np.testing.assert_allclose(Geometry(size, spacing, origin, np.eye(3)).centre_lps, [1.5, 2.0, 5.0])

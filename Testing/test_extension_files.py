@@ -89,6 +89,14 @@ def test_importing_the_engine_pulls_in_neither_torch_nor_slicer():
     probe = "import sys, cascade_landmarks; print(sorted({'torch', 'slicer', 'vtk'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+    # detect, evaluate and train are at the top too, brought in (with torch) when first used.
+    probe = "import cascade_landmarks as cl; print(cl.detect.__module__, cl.train.__module__, cl.evaluate.__module__)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [
+        "cascade_landmarks.detector",
+        "cascade_landmarks.training",
+        "cascade_landmarks.evaluation",
+    ]
 
 
 def test_the_wheel_carries_the_engine_the_command_and_the_landmark_sets(tmp_path):

@@ -1,13 +1,21 @@
 """CascadeLandmarks engine: anatomical landmark detection with the cascade regression model of Tan et al.
 
-Importable with no Slicer at all (numpy, SimpleITK, torch). The pipeline, by file:
+Importable with no Slicer at all (numpy, SimpleITK; torch once a model is used). The pipeline, by file:
 
-- ``coordinates``   voxel index <-> LPS/RAS millimetres (one place for every conversion)
-- ``volumes``       read, check, resample, crop/pad and write volumes with their geometry
-- ``landmarks``     point lists in and out: ``.mrk.json``, ``.fcsv``, long-format CSV
-- ``landmark_sets`` the landmark-set definitions shipped in ``Resources/LandmarkSets``
-- ``slicer_bridge`` MRML volume and point-list nodes <-> engine objects (imports ``slicer`` lazily)
-- ``cli``           the ``cascade-landmarks`` command
+- in: ``coordinates`` (voxel index <-> LPS/RAS mm, every conversion), ``volumes`` (read, check, resample, write
+  with the geometry), ``landmarks`` (``.mrk.json``, ``.fcsv``, long CSV), ``landmark_sets`` (which landmarks)
+- what the networks see: ``preprocessing`` (intensity window, stage-1 grid, stage-2 patches), ``heatmaps``
+  (stage-1 targets and sub-voxel decoding), ``augmentation`` (training-time transforms)
+- the networks: ``models/heatmap_unet`` (stage 1), ``models/displacement_cnn`` (stage 2), ``losses``
+- training: ``data`` (cases and samples), ``config`` (model and training settings as data), ``training``
+- out: ``detector`` (volume -> points with confidence), ``modelfile`` (the ``.pt`` file, no pickle),
+  ``model_registry`` (shipped and user models), ``evaluation`` and ``figures`` (errors, tables, plots)
+- Slicer: ``slicer_bridge`` (MRML nodes <-> engine objects), ``slicer_workflow`` (the module's Logic work),
+  ``background`` (commands in another process)
+- benchmarks: ``phantom_benchmark`` (the paper's tables on ``phantoms``), ``afids_benchmark``, ``benchmarks``
+  (speed and memory); and ``cli``, the ``cascade-landmarks`` command
+
+``detect``, ``evaluate`` and ``train`` are here too, imported on first use (they need torch).
 """
 
 from __future__ import annotations
@@ -25,6 +33,18 @@ from .volumes import Volume, crop_or_pad, read_volume, resample, write_volume
 
 __version__ = "0.1.0"
 
+_NEED_TORCH = {"detect": "detector", "evaluate": "evaluation", "train": "training"}
+
+
+def __getattr__(name: str):
+    """``detect``, ``evaluate`` and ``train`` on first use, so that importing the package does not import torch."""
+    if name in _NEED_TORCH:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_NEED_TORCH[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "Geometry",
     "LandmarkDefinition",
@@ -33,6 +53,8 @@ __all__ = [
     "Volume",
     "available_landmark_sets",
     "crop_or_pad",
+    "detect",
+    "evaluate",
     "load_landmark_set",
     "lps_to_ras",
     "ras_to_lps",
@@ -40,6 +62,7 @@ __all__ = [
     "read_landmarks_csv",
     "read_volume",
     "resample",
+    "train",
     "write_landmarks",
     "write_landmarks_csv",
     "write_volume",

@@ -57,11 +57,13 @@ def afids_benchmark(
     from .detector import detect
     from .evaluation import Evaluation, write_tables
     from .figures import quality_control_image, write_error_plot, write_png
+    from .model_registry import resolve_model
     from .modelfile import load_model
     from .volumes import read_volume
 
     data, output = Path(data), Path(output)
-    model = load_model(model_path)
+    model_path = resolve_model(model_path)  # a file, or a registered name such as afids-32-mni152
+    model = load_model(model_path, landmark_set="afids-32")
     afids = load_landmark_set("afids-32")
     reference = load_afids_reference(data)
     raters_mm, no_model_mm = reference.raters_mm, reference.no_model_mm

@@ -523,9 +523,10 @@ def _run_demo(args: argparse.Namespace) -> int:
             f"{detection.confidence[n]:11.2f}{flag}"
         )
     table.append(f"{'mean':28s} {errors['stage1'].mean():6.2f}mm {errors['cascade'].mean():6.2f}mm")
-    print(f"Error against the phantom's exact landmarks (synthetic data), model {DEMO_MODEL}:")
+    title = f"Error against the phantom's exact landmarks (synthetic data), model {DEMO_MODEL}:"
+    print(title)
     print("\n".join(table))
-    write_text_atomically(output / "errors.txt", "\n".join(table) + "\n")
+    write_text_atomically(output / "errors.txt", "\n".join([title, *table]) + "\n")
     print(
         f"\nWrote to {output}/: phantom.nrrd and phantom-truth.mrk.json (the case), detected.mrk.json (RAS; open it "
         "in Slicer with the phantom), errors.txt, and landmarks.png (slices through each landmark: truth green, "

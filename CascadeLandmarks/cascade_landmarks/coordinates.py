@@ -132,12 +132,28 @@ class Geometry:
         corners = self.index_to_lps(np.array(list(itertools.product(*[(-0.5, n - 0.5) for n in self.size]))))
         return corners.max(axis=0) - corners.min(axis=0)
 
+    @property
+    def centre_lps(self) -> np.ndarray:
+        """The centre of the grid (the middle of its voxels), LPS mm, shape (3,)."""
+        return self.index_to_lps((np.asarray(self.size, dtype=float) - 1) / 2.0)
+
+    def axes_code(self) -> str:
+        """Where the i, j, k axes point, as the nearest anatomical direction each ("LPS": i to patient left, j
+        posterior, k superior; "RAS" for a NIfTI-style grid), with "oblique" when one is more than 1 degree off."""
+        letters = {0: "RL", 1: "AP", 2: "IS"}  # per LPS axis: the letter for -, then for +
+        code = ""
+        for column in self.direction.T:
+            axis = int(np.argmax(np.abs(column)))
+            code += letters[axis][int(column[axis] > 0)]
+        oblique = np.abs(self.direction).max(axis=0).min() < np.cos(np.radians(1.0))
+        return code + (" oblique" if oblique else "")
+
     def describe(self) -> str:
         """One line a user can check against the header they expect."""
         size = " x ".join(str(n) for n in self.size)
         spacing = " x ".join(f"{s:.4g}" for s in self.spacing)
         origin = ", ".join(f"{o:.2f}" for o in self.origin)
-        return f"{size} voxels, {spacing} mm, origin ({origin}) LPS mm"
+        return f"{size} voxels, {spacing} mm, origin ({origin}) LPS mm, axes {self.axes_code()}"
 
     @classmethod
     def from_index_to_ras_matrix(cls, matrix: np.ndarray, size: tuple[int, int, int]) -> Geometry:

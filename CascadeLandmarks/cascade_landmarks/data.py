@@ -5,9 +5,11 @@ A training folder holds one volume per case and a landmark file of the same name
 ``landmarks`` (paths relative to the manifest) names the files instead. Every case is checked before training
 starts, and every problem is reported with the case's name.
 
-Stage-2 samples follow Tan et al.: a patch centred on a point ``q`` drawn at random around the landmark, with
-target ``landmark - q`` in mm. Here ``q`` lies on the stage-2 voxel grid around the landmark within the stage-2
-radius, so each case's patches are cut from one region resampled once.
+Stage-2 samples follow Tan et al.: a patch centred on a point ``q`` drawn at random where stage 1 may put the
+landmark, with target ``landmark - q`` in mm. Here ``q`` lies on the stage-2 voxel grid within the stage-2 radius
+of the true landmark (that radius standing for stage 1's error), not around one stage-1 model's own estimates,
+so stage 2 can be trained alongside stage 1 and keeps working when stage 1 is retrained; each case's patches are
+cut from one region resampled once.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ def prepare_case(
         sampler=sampler if keep_sampler else None,
         augmenter=AugmentingSampler(sampler) if augmentation.enabled else None,
         twins=config.landmark_set.twin_permutation(),
-        centre_lps=volume.geometry.index_to_lps((np.asarray(volume.geometry.size) - 1) / 2.0),
+        centre_lps=volume.geometry.centre_lps,
         extent_mm=volume.geometry.lps_extent_mm,
     )
 

@@ -62,8 +62,7 @@ class IntensityWindow:
 def stage1_geometry(volume_geometry: Geometry, spacing_mm: float, grid: tuple[int, int, int]) -> Geometry:
     """The stage-1 grid for a volume: LPS-aligned, ``spacing_mm`` isotropic, ``grid`` voxels (i, j, k),
     centred on the volume's centre."""
-    centre = volume_geometry.index_to_lps((np.asarray(volume_geometry.size) - 1) / 2.0)
-    return _centred_grid(centre, spacing_mm, grid)
+    return _centred_grid(volume_geometry.centre_lps, spacing_mm, grid)
 
 
 def patch_geometry(centre_lps: np.ndarray, spacing_mm: float, size: int) -> Geometry:
