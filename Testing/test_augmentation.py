@@ -71,6 +71,28 @@ SPATIAL = {
 }
 
 
+def test_without_a_transform_training_reads_what_detection_reads(oblique_volume):
+    """A model sees at detection what it saw in training: the augmenting sampler (torch) against the detection
+    sampler (SimpleITK), on an oblique volume in Hounsfield units with a window that clips, over a patch that
+    reaches past the volume's edge (all but the outermost voxel's outer half, where they are known to differ)."""
+    sampler = Sampler(oblique_volume, IntensityWindow("fixed", -200.0, 300.0))
+    geometry = oblique_volume.geometry
+    for centre in (geometry.centre_lps, geometry.index_to_lps(np.array([2.0, 3.0, 1.0]))):
+        patch = patch_geometry(centre, 0.7, 24)
+        k, j, i = np.indices(patch.shape)
+        index = geometry.lps_to_index(patch.index_to_lps(np.stack([i, j, k], axis=-1)))
+        inside = np.all((index >= 0) & (index <= np.asarray(geometry.size) - 1), axis=-1)
+        outside = np.any((index <= -1) | (index >= np.asarray(geometry.size)), axis=-1)
+        compared = inside | outside
+        assert compared.mean() > 0.8
+        expected = sampler.sample(patch)
+        assert 0.0 < expected[inside].mean() < 1.0
+        np.testing.assert_allclose(
+            AugmentingSampler(sampler).sample(patch, None)[compared], expected[compared], atol=2e-4
+        )
+        assert np.all(expected[outside] == 0.0)  # beyond the volume: the window's lower bound
+
+
 @pytest.mark.parametrize("name", SPATIAL)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_each_landmark_stays_on_its_dot_under_every_transform(name, seed):

@@ -214,10 +214,20 @@ class RandomTransform:
 
 class AugmentingSampler:
     """Samples a volume, windowed as ``sampler`` windows it, through random transforms (torch's trilinear
-    interpolation)."""
+    interpolation).
+
+    With no transform it reads what ``sampler`` reads (SimpleITK), so a model sees at detection what it saw in
+    training: raw intensities interpolated, then windowed; outside the volume, the window's lower bound. (Only in
+    the outermost voxel's outer half do they differ: SimpleITK keeps the edge voxel's value up to the volume's
+    edge, torch fades it to the lower bound. Matching that costs half the sampling speed; no landmark lies there.)
+    """
 
     def __init__(self, sampler: Sampler):
-        self.tensor = torch.from_numpy(sampler.windowed(sampler.volume.array))[None, None]  # [1, 1, k, j, i]
+        low, high = sampler.bounds
+        # Raw intensities shifted so the window's lower bound is 0: what lies beyond the volume then reads as it.
+        array = sampler.volume.array.astype(np.float32) - np.float32(low)
+        self.tensor = torch.from_numpy(array)[None, None]  # [1, 1, k, j, i]
+        self.width = np.float32(high - low)
         self.geometry = sampler.volume.geometry
 
     def sample(self, geometry: Geometry, transform: RandomTransform | None) -> np.ndarray:
@@ -240,7 +250,7 @@ class AugmentingSampler:
         normalised = _affine(points, to_grid @ np.linalg.inv(volume.index_to_lps_matrix) @ affine)
         grid = normalised.reshape(1, -1, 1, 1, 3)  # (i, j, k) = grid_sample's (x, y, z)
         values = functional.grid_sample(self.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        return values.reshape(geometry.shape).numpy()
+        return (torch.clamp(values, 0.0, float(self.width)) / self.width).reshape(geometry.shape).numpy()
 
 
 def _affine(points: torch.Tensor, matrix: np.ndarray) -> torch.Tensor:
