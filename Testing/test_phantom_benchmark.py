@@ -43,6 +43,10 @@ def test_a_second_run_reuses_the_phantoms_and_models(quick_run):
     before = model.stat().st_mtime_ns
     assert run_benchmark(folder, kinds=("cardiac",), size="quick", progress=False) == report
     assert model.stat().st_mtime_ns == before
+    # A full run would take up the quick run's phantoms and models as its own: the folder is refused.
+    with pytest.raises(ValueError, match="holds the phantoms and models of a `quick` benchmark, not a `full` one"):
+        run_benchmark(folder, kinds=("cardiac",), size="full", progress=False)
+    assert model.stat().st_mtime_ns == before
 
 
 def test_bundling_ships_the_model_with_its_card_and_checksum(quick_run, tmp_path, monkeypatch):

@@ -160,6 +160,7 @@ def run_benchmark(
 
 
 def _run_one(kind: str, folder: Path, plan: BenchmarkSize, device: str, progress: bool) -> dict[str, Evaluation]:
+    _claim_folder(folder, plan)
     settings = SETTINGS[kind]
     spacing = (settings["spacing_mm"] * plan.voxel_scale,) * 3
     training_seeds = range(1, plan.training_cases + 1)
@@ -215,6 +216,22 @@ def _run_one(kind: str, folder: Path, plan: BenchmarkSize, device: str, progress
             )
         evaluations[variant] = evaluate(model_path, folder / "test", device=device, progress=progress)
     return evaluations
+
+
+def _claim_folder(folder: Path, plan: BenchmarkSize) -> None:
+    """Mark ``folder`` as this size's, or refuse it when another size's phantoms and models are there (they would
+    be taken up as they are: a full run would report a quick run's models)."""
+    marker = folder / "size.json"
+    wanted = asdict(plan)
+    if marker.exists():
+        found = json.loads(marker.read_text(encoding="utf-8"))
+        if found != wanted:
+            raise ValueError(
+                f"{folder} holds the phantoms and models of a `{found.get('name')}` benchmark, not a `{plan.name}` "
+                "one: give another output folder (-o), or delete this one to start afresh."
+            )
+        return
+    write_text_atomically(marker, json.dumps(wanted, indent=2) + "\n")
 
 
 def _means(evaluation: Evaluation) -> dict:
