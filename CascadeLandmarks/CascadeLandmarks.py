@@ -149,11 +149,25 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.run.cancel()
         self.finishRun(cancelled=True)
 
+    def ensureTorch(self):
+        """True when torch can be imported; otherwise offer to install it through the PyTorch extension."""
+        if self.logic.torchAvailable():
+            return True
+        try:
+            import PyTorchUtils
+        except ImportError:
+            slicer.util.errorDisplay(
+                "CascadeLandmarks needs PyTorch: install the PyTorch extension from the Extensions Manager, "
+                "restart Slicer, then try again."
+            )
+            return False
+        return PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is not None
+
     def onDetectButton(self):
         if self.run is not None and self.run.running:  # the button reads Cancel
             self.cancelRun()
             return
-        if not self.logic.ensureTorch():
+        if not self.ensureTorch():
             return
         device, message = self.logic.resolveDevice(DEVICES[self.ui.deviceSelector.currentText])
         volumeNode = self.ui.inputVolumeSelector.currentNode()
@@ -263,7 +277,7 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.run is not None and self.run.running:  # the button reads Cancel fine-tuning
             self.cancelRun()
             return
-        if not self.logic.ensureTorch():
+        if not self.ensureTorch():
             return
         device, message = self.logic.resolveDevice(DEVICES[self.ui.deviceSelector.currentText])
         with slicer.util.tryWithErrorDisplay("Cannot start fine-tuning.", waitCursor=True):
@@ -307,23 +321,13 @@ class CascadeLandmarksLogic(ScriptedLoadableModuleLogic):
         return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
     @staticmethod
-    def ensureTorch():
-        """True when torch can be imported; otherwise offer to install it through the PyTorch extension."""
+    def torchAvailable():
+        """Whether torch can be imported (the Widget offers to install it when not)."""
         try:
             import torch  # noqa: F401
-
-            return True
         except ImportError:
-            pass
-        try:
-            import PyTorchUtils
-        except ImportError:
-            slicer.util.errorDisplay(
-                "CascadeLandmarks needs PyTorch: install the PyTorch extension from the Extensions Manager, "
-                "restart Slicer, then click Detect again."
-            )
             return False
-        return PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is not None
+        return True
 
     @staticmethod
     def resolveDevice(choice):
