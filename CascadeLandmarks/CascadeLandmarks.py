@@ -2,10 +2,11 @@
 
 This file stays thin (see STYLE.md, rule 1): the engine is the ``cascade_landmarks`` package beside it, which
 needs no Slicer, and the Logic's work on MRML nodes lives in ``cascade_landmarks.slicer_workflow`` (tested
-against the real MRML core outside Slicer). Here: the Widget wires the UI to the Logic and turns errors into
-message boxes; the Logic adds what needs the application (the ``PythonSlicer`` interpreter for background
-processes, timers, the PyTorch extension). Heavy imports (torch, SimpleITK, the engine) happen inside
-functions, so Slicer starts fast and the module loads before torch is installed.
+against the real MRML core outside Slicer). Here: the Widget wires the UI to the Logic, turns errors into
+message boxes and offers to install torch through the PyTorch extension; the Logic adds what needs the
+application (the ``PythonSlicer`` interpreter for background processes, timers). Heavy imports (torch,
+SimpleITK, the engine) happen inside functions, so Slicer starts fast and the module loads before torch is
+installed.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.selectBackgroundVolume()
 
     def onSceneStartClose(self, caller, event):
-        if self.run is not None and self.run.running:  # its results belong to the scene being closed
-            self.cancelRun()
+        if self.run is not None and self.run.running and self.run.scene_bound:
+            self.cancelRun()  # a detection's points belong to the scene being closed (a fine-tuning goes on)
         self.setPointListNode(None)
 
     def selectBackgroundVolume(self):

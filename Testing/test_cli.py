@@ -109,7 +109,7 @@ def test_a_manifest_saved_by_excel_is_read_and_an_empty_cell_is_named_by_its_lin
     excel.write_bytes("\ufeffcase,volume,landmarks\n".encode() + "\n".join(rows).encode() + b"\n")
     assert [c.name for c in find_cases(excel)] == ["case000", "case001"]
     short = tmp_path / "short.csv"
-    short.write_text("case,volume,landmarks\n" + rows[0] + "\ncase001,,\n")
+    short.write_text("case,volume,landmarks\n" + rows[0] + "\n\ncase001,,\n")  # a blank line, then line 4
     result = _run("train", str(short), "-o", str(tmp_path / "m.pt"), "--landmarks", "cardiac-5")
     assert result.returncode == 2
-    assert "line(s) 3 leave a case, volume or landmarks cell empty" in result.stderr
+    assert "line(s) 4 leave a case, volume or landmarks cell empty" in result.stderr

@@ -47,6 +47,15 @@ def test_a_second_run_reuses_the_phantoms_and_models(quick_run):
     with pytest.raises(ValueError, match="holds the phantoms and models of a `quick` benchmark, not a `full` one"):
         run_benchmark(folder, kinds=("cardiac",), size="full", progress=False)
     assert model.stat().st_mtime_ns == before
+    # So is a folder from before the size was marked, which cannot say its size.
+    marker = folder / "cardiac" / "size.json"
+    kept = marker.read_bytes()
+    marker.unlink()
+    try:
+        with pytest.raises(ValueError, match="unknown-size"):
+            run_benchmark(folder, kinds=("cardiac",), size="full", progress=False)
+    finally:
+        marker.write_bytes(kept)
 
 
 def test_bundling_ships_the_model_with_its_card_and_checksum(quick_run, tmp_path, monkeypatch):

@@ -88,14 +88,14 @@ def test_background_processes_find_the_engine_and_a_missing_gpu_falls_back(modul
     assert logic.resolveDevice("auto") == ("auto", "")
 
 
-def test_while_one_job_runs_the_other_jobs_button_is_disabled_and_cancel_stops_only_it(
-    module, mrml_scene, trained_model_path, synthetic_data
+def test_jobs_cannot_cancel_each_other_and_closing_the_scene_cancels_only_a_detection(
+    module, mrml_scene, trained_model_path, synthetic_data, tmp_path
 ):
     """Stand-ins for the Widget's Qt parts (buttons, status label, progress bar, timer): plain objects with the
     attributes it sets. The job is a real background detection."""
     from types import SimpleNamespace
 
-    from cascade_landmarks.slicer_workflow import DetectionRun
+    from cascade_landmarks.slicer_workflow import DetectionRun, FineTuneRun
 
     widget = module.CascadeLandmarksWidget.__new__(module.CascadeLandmarksWidget)
     widget.timer = SimpleNamespace(start=lambda: None, stop=lambda: None)
@@ -119,3 +119,20 @@ def test_while_one_job_runs_the_other_jobs_button_is_disabled_and_cancel_stops_o
         True,
         True,
     )
+
+    # Closing the scene cancels a detection (its points belong to that scene) but not a fine-tuning.
+    widget.logic = module.CascadeLandmarksLogic()
+    widget.pointListNode = None
+    widget.ui.landmarkTable = SimpleNamespace(setRowCount=lambda rows: None, resizeColumnsToContents=lambda: None)
+    detection = DetectionRun(mrml_scene, volume_node, trained_model_path).start()
+    widget.startedRun(detection, widget.ui.detectButton, "Cancel", "Detecting...")
+    widget.onSceneStartClose(mrml_scene, None)
+    assert not detection.running
+    assert widget.run is None
+    fine_tuning = FineTuneRun(synthetic_data / "train", str(trained_model_path), output=tmp_path / "tuned.pt")
+    widget.startedRun(fine_tuning.start(), widget.ui.fineTuneButton, "Cancel fine-tuning", "Fine-tuning...")
+    widget.onSceneStartClose(mrml_scene, None)
+    assert fine_tuning.running
+    assert widget.run is fine_tuning
+    widget.onFineTuneButton()  # the button reads Cancel fine-tuning
+    assert not fine_tuning.running

@@ -122,10 +122,11 @@ def test_a_killed_training_resumes_where_it_stopped_and_ends_as_if_never_stopped
     assert "add --resume to continue it" in forgot.stderr  # starting afresh would throw the progress away
 
     started = time.monotonic()
-    resumed = subprocess.run([*_train_command(data, killed, *schedule), "--resume"], capture_output=True, text=True)
+    # As the README has it: the command without its schedule, which the checkpoint keeps.
+    resumed = subprocess.run([*_train_command(data, killed), "--resume"], capture_output=True, text=True)
     resume_seconds = time.monotonic() - started
     assert resumed.returncode == 0, resumed.stderr
-    assert "not used" not in resumed.stderr  # the same schedule as the checkpoint's: nothing to warn of
+    assert "not used" not in resumed.stderr  # no schedule given: nothing to warn of
     assert not checkpoint_path(killed).exists()
 
     uninterrupted = tmp_path / "uninterrupted.pt"
@@ -156,6 +157,8 @@ def test_a_resumed_run_names_the_given_settings_it_does_not_use(capsys):
     checkpoint = TrainingConfig(stage2_iterations=40, learning_rate=1e-4, device="cuda")
     _warn_of_ignored_settings(TrainingConfig(stage2_iterations=40, learning_rate=1e-4), checkpoint, True)
     assert capsys.readouterr().err == ""  # another device is allowed: a run may resume on another machine
+    _warn_of_ignored_settings(TrainingConfig(), checkpoint, True)
+    assert capsys.readouterr().err == ""  # defaults: what the command line gives for options not typed
     _warn_of_ignored_settings(TrainingConfig(stage2_iterations=90000, learning_rate=1e-4), checkpoint, True)
     assert capsys.readouterr().err == (
         "Warning: A resumed run keeps its checkpoint's training settings; not used: stage2_iterations 90000 "

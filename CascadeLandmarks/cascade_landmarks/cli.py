@@ -242,7 +242,8 @@ def _run_train(args: argparse.Namespace) -> int:
         stage1_iterations=args.stage1_iterations,
         stage2_iterations=args.stage2_iterations,
         batch_size=args.batch_size,
-        learning_rate=args.learning_rate or (FINE_TUNING_LEARNING_RATE if args.init_from else defaults.learning_rate),
+        learning_rate=args.learning_rate
+        or (FINE_TUNING_LEARNING_RATE if args.init_from and not args.resume else defaults.learning_rate),
         learning_rate_schedule=args.learning_rate_schedule,
         seed=args.seed,
         validation_fraction=args.validation_fraction,

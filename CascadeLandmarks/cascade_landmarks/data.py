@@ -128,10 +128,12 @@ def find_cases(source: str | os.PathLike) -> list[CaseFiles]:
 def _cases_from_manifest(manifest: Path) -> list[CaseFiles]:
     columns = ("case", "volume", "landmarks")
     with open(manifest, newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
-        rows = list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        numbered = [(reader.line_num, row) for row in reader]  # line numbers as an editor shows them
+    rows = [row for _, row in numbered]
     if not rows or not set(columns) <= set(rows[0]):
         raise ValueError(f"Manifest {manifest} needs the columns case, volume, landmarks and at least one row.")
-    incomplete = [str(n) for n, row in enumerate(rows, start=2) if not all((row[c] or "").strip() for c in columns)]
+    incomplete = [str(n) for n, row in numbered if not all((row[c] or "").strip() for c in columns)]
     if incomplete:
         raise ValueError(
             f"Manifest {manifest}: line(s) {', '.join(incomplete)} leave a case, volume or landmarks cell empty; "

@@ -223,14 +223,14 @@ def _claim_folder(folder: Path, plan: BenchmarkSize) -> None:
     be taken up as they are: a full run would report a quick run's models)."""
     marker = folder / "size.json"
     wanted = asdict(plan)
-    if marker.exists():
-        found = json.loads(marker.read_text(encoding="utf-8"))
-        if found != wanted:
-            raise ValueError(
-                f"{folder} holds the phantoms and models of a `{found.get('name')}` benchmark, not a `{plan.name}` "
-                "one: give another output folder (-o), or delete this one to start afresh."
-            )
-        return
+    found = json.loads(marker.read_text(encoding="utf-8")) if marker.exists() else None
+    if found is None and folder.is_dir() and any(folder.iterdir()):
+        found = {"name": "unknown-size (made before benchmarks marked their size)"}
+    if found is not None and found != wanted:
+        raise ValueError(
+            f"{folder} holds the phantoms and models of a `{found.get('name')}` benchmark, not a `{plan.name}` one: "
+            "give another output folder (-o), or delete this one to start afresh."
+        )
     write_text_atomically(marker, json.dumps(wanted, indent=2) + "\n")
 
 

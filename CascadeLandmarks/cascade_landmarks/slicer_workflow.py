@@ -61,6 +61,8 @@ class LandmarkRow:
 class _BackgroundRun:
     """A cascade-landmarks command in a background process: start, poll for progress, cancel, wait, finish."""
 
+    scene_bound = False  # whether its result goes into the scene (then closing the scene cancels it)
+
     def __init__(self, arguments, *, python=None, environment=None):
         self.command = BackgroundCommand(arguments, python=python, environment=environment)
         self.fraction = 0.0
@@ -150,6 +152,8 @@ class DetectionRun(_BackgroundRun):
             python=python,
             environment=environment,
         )
+
+    scene_bound = True
 
     def _take_progress(self, message: dict) -> None:
         self.fraction = float(message["fraction"])

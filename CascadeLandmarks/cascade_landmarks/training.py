@@ -428,12 +428,14 @@ def _record_header(landmark_set_name: str, training_names: list[str], validation
 
 
 def _warn_of_ignored_settings(given: TrainingConfig, resumed: TrainingConfig, is_main: bool) -> None:
-    """A resumed run keeps its checkpoint's schedule: say which of the given settings differ, so none is lost
-    without a word (the device is the exception: a run may resume on another machine)."""
+    """A resumed run keeps its checkpoint's schedule: name the given settings it does not use, so none is lost
+    without a word. Those left at their defaults count as not given (the command line always gives them all), and
+    so does the device: a run may resume on another machine."""
+    defaults = TrainingConfig()
     ignored = [
         f"{name} {getattr(given, name)!r} (the checkpoint's: {getattr(resumed, name)!r})"
         for name in (f.name for f in dataclasses.fields(TrainingConfig))
-        if name != "device" and getattr(given, name) != getattr(resumed, name)
+        if name != "device" and getattr(defaults, name) != getattr(given, name) != getattr(resumed, name)
     ]
     if ignored and is_main:
         warn(f"A resumed run keeps its checkpoint's training settings; not used: {'; '.join(ignored)}.")
