@@ -4,6 +4,7 @@ where neither Slicer's build system nor its Qt application can run."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import struct
 import subprocess
@@ -124,6 +125,30 @@ def test_the_wheel_carries_the_engine_the_command_and_the_landmark_sets(tmp_path
     } <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "cascade-landmarks = cascade_landmarks.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    # Installed from the wheel alone (not this checkout), the command's modules import and the shipped files are
+    # found: the networks, the phantoms, the landmark sets and the model registry.
+    installed = tmp_path / "installed"
+    zipfile.ZipFile(wheel).extractall(installed)
+    probe = (
+        "import cascade_landmarks, cascade_landmarks.cli, cascade_landmarks.models.displacement_cnn;"
+        "from cascade_landmarks.model_registry import available_models, resolve_model;"
+        "from cascade_landmarks.landmark_sets import load_landmark_set;"
+        "print(cascade_landmarks.__file__); print(len(load_landmark_set('afids-32')));"
+        "print(' '.join(e.name for e in available_models())); print(resolve_model('cardiac-5-phantom'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(installed)},
+    )
+    assert result.returncode == 0, result.stderr
+    module_file, landmarks, models, model_file = result.stdout.splitlines()
+    assert module_file.startswith(str(installed))
+    assert landmarks == "32"
+    assert models.split() == ["cardiac-5-phantom", "aortic-9-phantom", "afids-32-mni152"]
+    assert model_file.startswith(str(installed / "cascade_landmarks" / "resources" / "Models"))
 
 
 # --- the Slicer module: what can be checked without Qt ----------------------------------------------------

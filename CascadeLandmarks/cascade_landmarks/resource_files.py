@@ -21,7 +21,9 @@ def resource_path(*parts: str) -> Traversable:
         root: Traversable = importlib.resources.files("cascade_landmarks.resources")
     except ModuleNotFoundError:
         root = Path(__file__).resolve().parents[2] / "Resources"
-    entry = root.joinpath(*parts)
+    entry = root
+    for part in parts:  # one at a time: before Python 3.12 a namespace package's root takes only one
+        entry = entry.joinpath(part)
     if not entry.is_file() and not entry.is_dir():
         raise FileNotFoundError(f"Shipped resource Resources/{'/'.join(parts)} is missing from {root}.")
     return entry
