@@ -177,3 +177,28 @@ def test_the_module_cmake_ships_the_ui_and_registers_the_test():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
     assert "Resources/UI/${MODULE_NAME}.ui" in cmake
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
+
+
+def test_the_module_cmake_installs_every_shipped_model_and_landmark_set(tmp_path):
+    """The CMake lines that gather the extension's shared data, run by cmake itself from the module's folder."""
+    import shutil
+
+    if shutil.which("cmake") is None:
+        pytest.skip("no cmake on this machine")
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    start = cmake.index("set(EXTENSION_RESOURCES_SOURCE_DIR")
+    end = cmake.index(")", cmake.index("file(GLOB ENGINE_RESOURCE_FILES")) + 1
+    script = tmp_path / "gather.cmake"
+    script.write_text(
+        f'set(CMAKE_CURRENT_SOURCE_DIR "{MODULE_DIR}")\n{cmake[start:end]}\nmessage("${{ENGINE_RESOURCE_FILES}}")\n'
+    )
+    result = subprocess.run(["cmake", "-P", str(script)], capture_output=True, text=True, check=True)
+    gathered = set(result.stderr.strip().split(";"))
+    shipped = {
+        str(path.relative_to(REPOSITORY / "Resources"))
+        for folder in ("LandmarkSets", "Models")
+        for path in (REPOSITORY / "Resources" / folder).iterdir()
+        if path.suffix in (".json", ".pt", ".md")
+    }
+    assert gathered == shipped
+    assert {"Models/registry.json", "Models/afids-32-mni152.pt", "LandmarkSets/afids-32.json"} <= gathered
