@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cascade_landmarks import Geometry, read_landmarks, read_volume, resample
 from cascade_landmarks.detector import detect
@@ -231,3 +232,14 @@ def test_a_registered_model_is_found_by_its_name(synthetic_data):
     np.testing.assert_array_equal(by_name.positions_lps, by_file.positions_lps)
     with pytest.raises(ValueError, match="cardiac-6"):
         detect(volume, "cardiac-6", device="cpu")
+
+
+def test_a_model_with_broken_weights_flags_every_point(tmp_path, trained_model_path, synthetic_data):
+    # NaN weights (a diverged training saved by another tool, a damaged file) give NaN heatmaps: the points
+    # then mean nothing, and each must be flagged with no confidence, never shown as certain.
+    model = load_model(trained_model_path)
+    with torch.no_grad():
+        model.stage1.head.bias.fill_(float("nan"))
+    detection = detect(read_volume(synthetic_data / "test" / "case100.nrrd"), model)
+    np.testing.assert_array_equal(detection.confidence, 0.0)
+    assert detection.flagged.all()

@@ -289,3 +289,11 @@ def test_the_stage1_grid_covers_a_volume_whose_voxel_axes_are_not_l_p_s(tmp_path
     assert np.all(grid_mm >= geometry.lps_extent_mm)
     assert np.all(grid_mm < geometry.lps_extent_mm + 12.0)
     assert field_of_view_warnings(geometry, config) == []
+
+
+def test_a_training_that_diverges_stops_with_what_to_do(tmp_path, synthetic_data):
+    # A learning rate far too high: the weights overflow within a few steps. The run stops before a step that
+    # would write non-finite weights, instead of saving a model whose every output is NaN.
+    with pytest.raises(ValueError, match=r"Stage \d diverged at iteration \d+: .* lower --learning-rate"):
+        _quick_train(synthetic_data / "train", tmp_path / "diverged.pt", learning_rate=1e30, stage1_iterations=40)
+    assert not (tmp_path / "diverged.pt").exists()

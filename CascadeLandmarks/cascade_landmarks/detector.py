@@ -136,7 +136,7 @@ def detect(
 
     peak = np.clip(peaks / config.heatmap_height, 0.0, 1.0)
     agreement = 1.0 - np.clip(np.linalg.norm(last_step, axis=1) / config.stage2_radius_mm, 0.0, 1.0) ** 2
-    confidence = peak * agreement
+    confidence = np.nan_to_num(peak * agreement, nan=0.0)  # a broken model's NaN reads as no confidence at all
     return Detection(
         labels=config.landmark_set.labels,
         descriptions=[d.description for d in config.landmark_set.landmarks],

@@ -318,8 +318,9 @@ class _Run:
             optimizer.zero_grad(set_to_none=True)
             loss = loss_of(trained, inputs.to(self.process.device), targets.to(self.process.device))
             loss.backward()
-            optimizer.step()
             done = step + 1
+            _refuse_divergence(network, stage, done)
+            optimizer.step()
             metrics: dict[str, float | str] = {"loss": float(loss.item())}
             every = self.training.validate_every
             if self.process.is_main and ((every and done % every == 0) or done == iterations):
@@ -439,6 +440,17 @@ def _warn_of_ignored_settings(given: TrainingConfig, resumed: TrainingConfig, is
     ]
     if ignored and is_main:
         warn(f"A resumed run keeps its checkpoint's training settings; not used: {'; '.join(ignored)}.")
+
+
+def _refuse_divergence(network: nn.Module, stage: int, iteration: int) -> None:
+    """Stop before a step that would make the weights NaN or infinite (every process sees the same averaged
+    gradients, so all stop together); the last checkpoint, from before, is kept."""
+    norms = [torch.linalg.vector_norm(p.grad) for p in network.parameters() if p.grad is not None]
+    if norms and not torch.isfinite(torch.linalg.vector_norm(torch.stack(norms))):
+        raise ValueError(
+            f"Stage {stage} diverged at iteration {iteration}: its gradients are no longer finite. Train again "
+            "with a lower --learning-rate (the paper's is 1e-3), or check the cases' intensities and window."
+        )
 
 
 def _checkpoint_lineage(state: dict) -> dict:
