@@ -91,6 +91,30 @@ def test_pickled_objects_are_never_unpickled(tmp_path, small_model):
         load_model(tmp_path / "evil.pt")
 
 
+def test_a_file_that_asks_for_far_more_than_it_holds_is_refused_without_allocating_it(tmp_path, small_model):
+    # A few KB whose configuration asks for a U-Net 128 times as wide as the weights it holds (those of the small
+    # model): it must be refused for its weights, not allocated first.
+    import subprocess
+    import sys
+
+    state = small_model.state()
+    config = json.loads(state["config"])
+    config["unet"]["width"] = 256
+    state["config"] = json.dumps(config)
+    torch.save(state, tmp_path / "greedy.pt")
+    probe = (
+        "import resource; from cascade_landmarks.modelfile import load_model\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    load_model(r'" + str(tmp_path / "greedy.pt") + "')\n"
+        "except ValueError as error:\n    print(error)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    message, grown_kb = result.stdout.strip().splitlines()
+    assert "the stage1 weights do not fit its configuration (size mismatch for encoder.0.0.weight" in message
+    assert int(grown_kb) < 100_000  # a few MB (building that U-Net first took 342 MB more)
+
+
 def test_other_files_are_refused(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a CascadeLandmarks model file"):

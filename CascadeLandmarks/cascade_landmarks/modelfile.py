@@ -125,13 +125,17 @@ def model_from_state(state: dict, *, source: str = "model", landmark_set: str | 
             f"{source} finds landmark set {config.landmark_set.name}, not {landmark_set}; pick a model for "
             f"{landmark_set}."
         )
-    model = CascadeModel(config, HeatmapUNet(config.unet), DisplacementCNN(config.displacement), training)
+    # Built on the meta device (shapes, no memory) and given the file's own tensors: a file whose configuration
+    # asks for far more than its weights hold is refused, not allocated (a few KB could otherwise ask for 20 GB).
+    with torch.device("meta"):
+        model = CascadeModel(config, HeatmapUNet(config.unet), DisplacementCNN(config.displacement), training)
     for prefix, network in (("stage1", model.stage1), ("stage2", model.stage2)):
         weights = {key[len(prefix) + 1 :]: value for key, value in state.items() if key.startswith(prefix + ".")}
         try:
-            network.load_state_dict(weights)
+            network.load_state_dict(weights, assign=True)
         except RuntimeError as error:
-            raise ValueError(f"{source}: the {prefix} weights do not fit its configuration ({error}).") from error
+            first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error)).rstrip(".")
+            raise ValueError(f"{source}: the {prefix} weights do not fit its configuration ({first}).") from error
     model.stage1.eval()
     model.stage2.eval()
     return model
