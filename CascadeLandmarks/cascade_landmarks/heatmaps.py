@@ -43,9 +43,13 @@ def normalise_channels(raw: torch.Tensor) -> torch.Tensor:
     """Network output to heatmaps that sum to one over channels, by fixing the background channel.
 
     The background channel is kept as the network gives it; the landmark channels share the rest,
-    ``1 - background``, in the proportions of a softmax over ``raw[:, 1:]``. Unlike a softmax over all channels,
-    this keeps a confident output's peak: background 0 and one landmark channel 1 is reachable, and a one-hot
-    output stays one-hot. The background is deliberately not squashed by a sigmoid: with background voxels in
+    ``1 - background``, in the proportions of a softmax over ``raw[:, 1:]`` (the landmark channels' logits: a
+    peak of 1 needs its logit well above the others', which training learns; raw values in [0, 1] would be
+    flattened, as DESIGN.md warns of a softmax over all channels). Unlike a softmax over all channels, the
+    background does not compete: background 0 with one landmark channel at 1 is reachable, and where the
+    background is 1 the landmark channels are 0 whatever their logits. The background is not clamped, so a
+    channel may leave [0, 1] slightly (detection clips the peak height it reports). It is deliberately not
+    squashed by a sigmoid either: with background voxels in
     the millions, a sigmoid saturates at 1 early in training and then passes no gradient to the landmark
     channels, whose share it scales (seen on small test volumes: every heatmap stayed flat at 0).
 
