@@ -436,7 +436,9 @@ def _warn_of_ignored_settings(given: TrainingConfig, resumed: TrainingConfig, is
     ignored = [
         f"{name} {getattr(given, name)!r} (the checkpoint's: {getattr(resumed, name)!r})"
         for name in (f.name for f in dataclasses.fields(TrainingConfig))
-        if name != "device" and getattr(defaults, name) != getattr(given, name) != getattr(resumed, name)
+        if name != "device"
+        and getattr(given, name) != getattr(defaults, name)  # given on purpose
+        and getattr(given, name) != getattr(resumed, name)  # and not what the resumed run uses
     ]
     if ignored and is_main:
         warn(f"A resumed run keeps its checkpoint's training settings; not used: {'; '.join(ignored)}.")
