@@ -96,6 +96,22 @@ def test_fcsv_honours_its_coordinate_system(tmp_path, version, system, expected_
     np.testing.assert_allclose(landmarks.positions_lps[0], expected_lps)
 
 
+def test_a_markups_file_with_several_point_lists_is_refused_not_half_read(tmp_path, oblique_landmarks):
+    path = write_landmarks(oblique_landmarks, tmp_path / "one.mrk.json")
+    document = json.loads(path.read_text())
+    document["markups"].append(document["markups"][0])
+    (tmp_path / "two.mrk.json").write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="holds 2 point lists; save each landmark list to its own file"):
+        read_landmarks(tmp_path / "two.mrk.json")
+
+
+def test_a_long_csv_saved_by_excel_is_read(tmp_path, oblique_landmarks):
+    path = write_landmarks_csv({"case 1": oblique_landmarks}, tmp_path / "all.csv")
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes("\ufeff".encode() + path.read_bytes())  # Excel's "CSV UTF-8" starts with a BOM
+    np.testing.assert_allclose(read_landmarks_csv(excel)["case 1"].positions_lps, oblique_landmarks.positions_lps)
+
+
 def test_an_fcsv_that_names_no_coordinate_system_is_refused(tmp_path):
     # Slicer 5 reads such a file as LPS; Slicer 4.10 and earlier wrote RAS: either guess mirrors L and P for some.
     path = tmp_path / "points.fcsv"

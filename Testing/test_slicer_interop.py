@@ -115,6 +115,17 @@ def test_the_bridge_round_trips_labels_descriptions_and_world_positions(mrml_sce
     np.testing.assert_allclose(again.positions_lps, oblique_landmarks.positions_lps, atol=1e-9)
 
 
+def test_an_unplaced_point_in_an_fcsv_slicer_wrote_stays_unplaced(tmp_path, mrml_scene):
+    # Slicer 5 keeps an unplaced point's x, y, z at 0 and says so in a column its header does not name.
+    path = tmp_path / "slicer.fcsv"
+    landmarks = Landmarks(["placed", "missing"], [[1.0, 2.0, 3.0], [np.nan] * 3])
+    _slicer_write_points(mrml_scene, landmarks, path, "vtkMRMLMarkupsFiducialStorageNode", "LPS")
+    read = read_landmarks(path)
+    assert read.labels == ["placed", "missing"]
+    assert read.defined.tolist() == [True, False]
+    np.testing.assert_allclose(read.positions_lps[0], [1.0, 2.0, 3.0], atol=1e-6)
+
+
 def test_unplaced_points_survive_the_bridge(mrml_scene):
     landmarks = Landmarks(["placed", "missing"], [[1.0, 2.0, 3.0], [np.nan] * 3])
     node = landmarks_to_node(landmarks, mrml_scene)

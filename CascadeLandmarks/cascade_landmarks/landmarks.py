@@ -110,7 +110,7 @@ def write_landmarks(landmarks: Landmarks, path: str | os.PathLike, *, coordinate
 
 
 def read_markups_json(path: str | os.PathLike) -> Landmarks:
-    """Read the first point list (``"type": "Fiducial"``) of a Slicer markups JSON file.
+    """Read the point list (``"type": "Fiducial"``) of a Slicer markups JSON file (one; other markups ignored).
 
     Honours the file's ``coordinateSystem`` ("LPS" or "RAS"); Slicer writes LPS by default, and a file that
     gives none is read as LPS too, as Slicer does.
@@ -127,6 +127,11 @@ def read_markups_json(path: str | os.PathLike) -> Landmarks:
     if not point_lists:
         kinds = ", ".join(str(m.get("type")) for m in markups if isinstance(m, dict)) or "none"
         raise ValueError(f"{path} holds no point list (markups of type 'Fiducial'); it holds: {kinds}.")
+    if len(point_lists) > 1:  # Slicer loads each as its own list; taking one would drop the others' points
+        raise ValueError(
+            f"{path} holds {len(point_lists)} point lists; save each landmark list to its own file (in Slicer: "
+            "one point list per file)."
+        )
     point_list = point_lists[0]
     system = str(point_list.get("coordinateSystem", "LPS")).upper()
     if system not in COORDINATE_SYSTEMS:
@@ -211,7 +216,7 @@ def read_fcsv(path: str | os.PathLike) -> Landmarks:
     them)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"Cannot read landmarks from {path}: {error}.") from error
     system, columns, rows = None, _FCSV_DEFAULT_COLUMNS, []
@@ -242,6 +247,10 @@ def read_fcsv(path: str | os.PathLike) -> Landmarks:
             positions.append([float(record[axis]) for axis in ("x", "y", "z")])
         except (KeyError, ValueError) as error:
             raise ValueError(f"{path}: point {number} has no valid x, y, z ({values}).") from error
+        # Slicer 5 writes the point's position status after the named columns: 2 is placed; an unplaced point
+        # (0 undefined, 1 preview, 3 missing) keeps x, y, z = 0, which is not where it is.
+        if len(values) > len(columns) and values[len(columns)].strip() not in ("", "2"):
+            positions[-1] = [np.nan] * 3
         labels.append(record.get("label", str(number)))
         descriptions.append(record.get("desc", ""))
     positions_array = np.asarray(positions, dtype=float).reshape(-1, 3)
@@ -300,7 +309,7 @@ def read_landmarks_csv(path: str | os.PathLike) -> dict[str, Landmarks]:
     """Read a long-format CSV written by :func:`write_landmarks_csv` (cases and points in file order)."""
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's "CSV UTF-8" has a BOM
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"Cannot read landmarks from {path}: {error}.") from error
