@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from cascade_landmarks import Volume, crop_or_pad, read_volume, resample, write_volume
-from cascade_landmarks.volumes import values_at
+from cascade_landmarks.volumes import read_geometry, values_at
 
 from conftest import MARKED_VOXELS, MARKER_VALUES
 
@@ -39,6 +39,17 @@ def test_the_voxels_of_a_read_volume_outlive_the_volume_object(tmp_path, oblique
     assert overwrite_freed_memory
 
 
+def test_a_dicom_series_whose_slices_are_not_one_regular_stack_is_refused(tmp_path, oblique_volume):
+    # ITK stacks such slices with one spacing and no shear, millimetres off; the engine refuses them instead.
+    _write_dicom_series(oblique_volume, tmp_path / "gap")
+    (tmp_path / "gap" / "slice005.dcm").unlink()
+    with pytest.raises(ValueError, match=r"slice spacing varies from 2\.5 to 5 mm \(a missing slice\?\)"):
+        read_volume(tmp_path / "gap")
+    _write_dicom_series(oblique_volume, tmp_path / "tilt", shift_per_slice_mm=(0.0, 0.9, 0.0))
+    with pytest.raises(ValueError, match=r"shift sideways .* \(a gantry tilt\?\)"):
+        read_volume(tmp_path / "tilt")
+
+
 def test_a_dicom_series_folder_is_read_with_its_oblique_geometry(tmp_path, oblique_volume):
     _write_dicom_series(oblique_volume, tmp_path / "dicom")
     again = read_volume(tmp_path / "dicom")
@@ -53,11 +64,23 @@ def test_writing_is_atomic_and_leaves_no_temporary_files(tmp_path, oblique_volum
         write_volume(oblique_volume, tmp_path / "case.txt")
     # A detached header names its data file, which the rename into place would leave under a temporary name.
     for detached in ("case.nhdr", "case.mhd"):
-        with pytest.raises(ValueError, match=r"use one of the extensions \.nrrd, \.nii, \.nii\.gz, \.mha\.$"):
+        with pytest.raises(ValueError, match=r"use one of the extensions \.nrrd, \.nii, \.nii\.gz, \.mha, lower"):
             write_volume(oblique_volume, tmp_path / detached)
+    # SimpleITK picks its writer by the exact extension: upper case fails, or writes a detached .mhd for .MHA.
+    for shouting in ("CASE.NII.GZ", "case.MHA"):
+        with pytest.raises(ValueError, match="lower case"):
+            write_volume(oblique_volume, tmp_path / shouting)
     write_volume(oblique_volume, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.nrrd"]
     assert read_volume(target).geometry.same_as(oblique_volume.geometry)
+
+
+def test_resampling_an_integer_volume_rounds_rather_than_truncates(oblique_volume):
+    shape = oblique_volume.geometry.shape
+    stripes = Volume((np.indices(shape).sum(axis=0) % 2).astype(np.int16), oblique_volume.geometry)
+    finer = resample(stripes, 0.5 * oblique_volume.geometry.spacing)
+    assert finer.array.dtype == np.int16
+    assert abs(finer.array.mean() - 0.5) < 0.15  # truncating every in-between value to 0 gave about 0.06
 
 
 def test_resampling_keeps_physical_points_in_place(oblique_volume):
@@ -94,7 +117,9 @@ def _linear_ramp_volume(like: Volume) -> Volume:
     return Volume(array=(10.0 * i + 7.0 * j + 3.0 * k).astype(np.float32), geometry=like.geometry)
 
 
-def _write_dicom_series(volume: Volume, folder):
+def _write_dicom_series(volume: Volume, folder, *, shift_per_slice_mm=(0.0, 0.0, 0.0)):
+    """One DICOM file per slice; ``shift_per_slice_mm`` (along the slice's own i, j, k axes) moves each slice's
+    position sideways by that much more than the last, as a gantry tilt does."""
     folder.mkdir()
     image = volume.to_sitk()
     direction = volume.geometry.direction
@@ -103,7 +128,7 @@ def _write_dicom_series(volume: Volume, folder):
     writer.KeepOriginalImageUIDOn()
     for k in range(image.GetDepth()):
         slice_image = image[:, :, k]
-        position = volume.geometry.index_to_lps([0, 0, k])
+        position = volume.geometry.index_to_lps([0, 0, k]) + k * (direction @ np.asarray(shift_per_slice_mm))
         tags = {
             "0008|0060": "CT",
             "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
@@ -150,6 +175,8 @@ def test_a_single_slice_3d_image_is_refused(tmp_path):
     path = _write_image(sitk.Image(10, 10, 1, sitk.sitkInt16), tmp_path / "one.nrrd")
     with pytest.raises(ValueError, match="single slice"):
         read_volume(path)
+    with pytest.raises(ValueError, match="single slice"):  # the header-only read the training check uses
+        read_geometry(path)
 
 
 def test_a_4d_image_is_refused_but_a_4d_image_with_one_time_point_is_read(tmp_path):

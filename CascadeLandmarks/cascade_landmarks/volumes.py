@@ -8,6 +8,7 @@ Reading supports every format SimpleITK reads (NRRD, NIfTI, MHA, ...) and a fold
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,8 +123,10 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = Tr
     cannot move with it.
     """
     writable = [s for s in VOLUME_SUFFIXES if s not in DETACHED_HEADER_SUFFIXES]
-    if str(path).lower().endswith(DETACHED_HEADER_SUFFIXES) or not is_volume_path(path):
-        raise ValueError(f"Cannot write volume {path}: use one of the extensions {', '.join(writable)}.")
+    # Lower case only: SimpleITK picks its writer by the exact extension (it refuses ".NII.GZ", and writes a
+    # detached .mhd for ".MHA").
+    if not str(path).endswith(tuple(writable)):
+        raise ValueError(f"Cannot write volume {path}: use one of the extensions {', '.join(writable)}, lower case.")
     image = volume.to_sitk()
     return write_atomically(path, lambda temporary: sitk.WriteImage(image, str(temporary), compress))
 
@@ -170,8 +173,15 @@ def resample_to_geometry(
     resampler.SetOutputDirection(target.direction.ravel().tolist())
     resampler.SetInterpolator(_INTERPOLATORS[interpolation])
     resampler.SetDefaultPixelValue(fill)
-    image = resampler.Execute(volume.to_sitk())
-    return Volume(array=sitk.GetArrayFromImage(image), geometry=target)
+    dtype = volume.array.dtype
+    rounded = np.issubdtype(dtype, np.integer) and interpolation != "nearest"
+    if rounded:  # interpolate in float and round: ITK would truncate each value towards zero
+        resampler.SetOutputPixelType(sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(resampler.Execute(volume.to_sitk()))
+    if rounded:
+        limits = np.iinfo(dtype)
+        array = np.clip(np.rint(array), limits.min, limits.max).astype(dtype)
+    return Volume(array=array, geometry=target)
 
 
 def crop_or_pad(
@@ -258,14 +268,58 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
     if series_uid is None:
         if len(series) > 1:
             raise ValueError(
-                f"Folder {folder} holds {len(series)} DICOM series ({', '.join(series)}); choose one with series_uid."
+                f"Folder {folder} holds {len(series)} DICOM series ({', '.join(series)}): put each series in its "
+                "own folder (or, from Python, pass read_volume(folder, series_uid=...))."
             )
         series_uid = series[0]
     elif series_uid not in series:
         raise ValueError(f"Folder {folder} has no DICOM series {series_uid}; it has {', '.join(series)}.")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)
+    _check_slice_positions(folder, files)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    reader.SetFileNames(files)
     return reader.Execute()
+
+
+# Slice positions may stray this far (mm) from an evenly spaced stack before the series is refused.
+SLICE_POSITION_TOLERANCE_MM = 0.01
+
+
+def _check_slice_positions(folder: Path, files: Sequence[str]) -> None:
+    """Refuse a series whose slices do not form one evenly spaced stack along the slice normal: ITK would stack
+    them anyway, with one spacing and no shear, and put the voxels millimetres off without a word (a gantry tilt,
+    a missing slice, a localizer sharing the series)."""
+    orientations, positions = [], []
+    for name in files:
+        header = sitk.ImageFileReader()
+        header.SetFileName(name)
+        header.LoadPrivateTagsOff()
+        header.ReadImageInformation()
+        if not (header.HasMetaDataKey("0020|0037") and header.HasMetaDataKey("0020|0032")):
+            return  # no patient geometry per slice to check (ITK falls back on its own defaults)
+        orientations.append([float(v) for v in header.GetMetaData("0020|0037").split("\\")])
+        positions.append([float(v) for v in header.GetMetaData("0020|0032").split("\\")])
+    if len(files) < 2:
+        return
+    orientations, positions = np.array(orientations), np.array(positions)
+    if np.abs(orientations - orientations[0]).max() > 1e-4:
+        raise ValueError(f"DICOM series in {folder}: its slices are not all oriented alike (a localizer among them?).")
+    normal = np.cross(orientations[0, :3], orientations[0, 3:])
+    along = positions @ normal
+    order = np.argsort(along)
+    steps = np.diff(along[order])
+    in_plane = positions[order] - np.outer(along[order], normal)
+    problems = []
+    if np.abs(steps - np.median(steps)).max() > SLICE_POSITION_TOLERANCE_MM:
+        problems.append(f"its slice spacing varies from {steps.min():.3g} to {steps.max():.3g} mm (a missing slice?)")
+    if np.abs(in_plane - in_plane[0]).max() > SLICE_POSITION_TOLERANCE_MM:
+        problems.append("its slices shift sideways from one to the next (a gantry tilt?)")
+    if problems:
+        raise ValueError(
+            f"DICOM series in {folder}: {'; '.join(problems)}. Its voxels cannot be placed on one regular grid: "
+            "resample it to a regular volume first (Slicer's DICOM module can regularise such a series; then save "
+            "it as NRRD)."
+        )
 
 
 def values_at(volume: Volume, points_lps: np.ndarray) -> np.ndarray:
@@ -291,7 +345,7 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
         reader.ReadImageInformation()
     except RuntimeError as error:
         raise ValueError(f"Cannot read volume {path}: is it a NRRD, NIfTI or MHA file?") from error
-    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
-        # 4-D with one time point is read; anything else raises the error that names the problem.
+    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1 or min(reader.GetSize()) < 2:
+        # 4-D with one time point is read; anything else (a single slice too) raises the error naming the problem.
         return read_volume(path).geometry
     return _geometry_of(reader, str(path))
