@@ -167,11 +167,15 @@ def test_saved_corrected_cases_are_accepted_by_train_and_logged(
 
     assert [c.files.name for c in check_cases(find_cases(folder), SPHERES_SET)] == ["patient_7", "patient_8"]
 
+    # What a save killed half-way leaves behind (a hidden temporary file) is not taken for a case.
+    (folder / ".partial-1234abcd-patient_9.nrrd").write_bytes(b"half a volume")
     run = FineTuneRun(folder, str(trained_model_path), stage1_iterations=2, stage2_iterations=2, device="cpu")
     entry = run.start().finish()
     assert entry.name == "model-fine-tuned"
     assert entry.landmark_set == "spheres-3"
-    assert load_model(entry.file).training["fine_tuned_from"] == str(trained_model_path)
+    record = load_model(entry.file).training
+    assert record["fine_tuned_from"] == str(trained_model_path)
+    assert record["cases"] == {"training": ["patient_7", "patient_8"], "validation": []}  # every correction used
     # Fine-tuning the same model again writes a new file and a new entry; the first stays as it was.
     first = Path(entry.file).read_bytes()
     again = FineTuneRun(folder, str(trained_model_path), stage1_iterations=2, stage2_iterations=2, device="cpu")

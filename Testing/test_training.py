@@ -291,9 +291,23 @@ def test_the_stage1_grid_covers_a_volume_whose_voxel_axes_are_not_l_p_s(tmp_path
     assert field_of_view_warnings(geometry, config) == []
 
 
-def test_a_training_that_diverges_stops_with_what_to_do(tmp_path, synthetic_data):
+def test_a_training_that_diverges_stops_with_what_to_do_and_its_checkpoint_resumes_only_as_it_ran(
+    tmp_path, synthetic_data
+):
     # A learning rate far too high: the weights overflow within a few steps. The run stops before a step that
     # would write non-finite weights, instead of saving a model whose every output is NaN.
-    with pytest.raises(ValueError, match=r"Stage \d diverged at iteration \d+: .* lower --learning-rate"):
-        _quick_train(synthetic_data / "train", tmp_path / "diverged.pt", learning_rate=1e30, stage1_iterations=40)
+    with pytest.raises(ValueError, match=r"Stage \d diverged at iteration \d+: .* lower --learning-rate") as error:
+        _quick_train(synthetic_data / "train", tmp_path / "diverged.pt", learning_rate=1e30, stage1_iterations=40,
+                     checkpoint_every=1)  # fmt: skip
     assert not (tmp_path / "diverged.pt").exists()
+    # A resumed run would keep the rate and diverge again: the message says to delete the checkpoint first.
+    checkpoint = checkpoint_path(tmp_path / "diverged.pt")
+    assert checkpoint.exists()
+    assert f"To train again, delete {checkpoint}, then use a lower --learning-rate" in str(error.value)
+    # That checkpoint, as if torchrun had written it with two processes: each process draws its own batches, so
+    # resuming it with one would make another run; it is refused.
+    state = torch.load(checkpoint, weights_only=True)
+    state["processes"] = 2
+    torch.save(state, checkpoint)
+    with pytest.raises(ValueError, match=r"written by a run of 2 process\(es\); resume it with as many"):
+        train(synthetic_data / "train", tmp_path / "diverged.pt", resume=True, progress=False)

@@ -114,7 +114,8 @@ def find_cases(source: str | os.PathLike) -> list[CaseFiles]:
         raise ValueError(f"Training data {source} is neither a folder nor a CSV manifest.")
     cases = []
     for path in sorted(source.iterdir()):
-        if path.is_file() and is_volume_path(path):
+        # Hidden files are not cases: a write cut short leaves ".partial-..." behind, macOS leaves "._case.nrrd".
+        if path.is_file() and is_volume_path(path) and not path.name.startswith("."):
             name = case_name(path)
             landmarks = next(
                 (source / f"{name}{s}" for s in LANDMARK_SUFFIXES if (source / f"{name}{s}").is_file()), None

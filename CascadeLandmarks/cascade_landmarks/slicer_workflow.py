@@ -354,9 +354,11 @@ class FineTuneRun(_BackgroundRun):
         self.base_model = base_model
         base_path = resolve_model(base_model)
         self.output = Path(output) if output else _unused_model_path(self.folder, Path(base_model).name)
+        # Every corrected case is trained on: holding one out for validation would leave a few cases' work unused.
         super().__init__(
             ["train", self.folder, "-o", self.output, "--init-from", base_path, "--stage1-iterations",
-             stage1_iterations, "--stage2-iterations", stage2_iterations, "--device", device],
+             stage1_iterations, "--stage2-iterations", stage2_iterations, "--device", device,
+             "--validation-fraction", 0],
             python=python,
             environment=environment,
         )  # fmt: skip

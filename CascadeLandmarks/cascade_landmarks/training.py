@@ -1,10 +1,12 @@
 """Training both stages: from a folder of cases to a model file, resumable, reproducible, and distributed with
 PyTorch's own launcher (``torchrun``: DistributedDataParallel, NCCL on GPUs, gloo on CPUs).
 
-Reproducible: each step's batch is drawn from a generator seeded by (seed, stage, step, process), and the
-networks are initialised from the seed, so the same data and seed give the same model, and a resumed run the
-same model as an uninterrupted one. Resumable: a checkpoint (weights, optimiser state, step) is written
-atomically every ``checkpoint_every`` steps beside the output; ``resume=True`` continues from it.
+Reproducible: each step's batch is drawn from a generator seeded by (seed, stage, step, process), and the networks
+are initialised from the seed, so the same data and seed give the same model, and a resumed run (with as many
+processes) the same model as an uninterrupted one, on the CPU. On a GPU they come out close but not bit-identical:
+CUDA's 3-D convolutions and max-pooling gradients are not deterministic. Resumable: a checkpoint (weights,
+optimiser state, step) is written atomically every ``checkpoint_every`` steps beside the output; ``resume=True``
+continues from it.
 """
 
 from __future__ import annotations
@@ -164,6 +166,12 @@ def train(
             _warn_of_ignored_settings(given_training, resumed, process.is_main)
         training = resumed
         config = CascadeConfig.from_dict(json.loads(checkpoint["model"]["config"]))
+        processes = int(checkpoint.get("processes", 1))
+        if processes != process.world_size:  # each process draws its own batches: another count, another run
+            raise ValueError(
+                f"Checkpoint {checkpoint_path(output)} was written by a run of {processes} process(es); resume it "
+                f"with as many (torchrun --nproc-per-node {processes}), not {process.world_size}."
+            )
     base_model = load_model(init_from) if init_from is not None and checkpoint is None else None
     if base_model is not None:
         config = base_model.config
@@ -319,7 +327,7 @@ class _Run:
             loss = loss_of(trained, inputs.to(self.process.device), targets.to(self.process.device))
             loss.backward()
             done = step + 1
-            _refuse_divergence(network, stage, done)
+            _refuse_divergence(network, stage, done, checkpoint_path(self.output))
             optimizer.step()
             metrics: dict[str, float | str] = {"loss": float(loss.item())}
             every = self.training.validate_every
@@ -444,14 +452,16 @@ def _warn_of_ignored_settings(given: TrainingConfig, resumed: TrainingConfig, is
         warn(f"A resumed run keeps its checkpoint's training settings; not used: {'; '.join(ignored)}.")
 
 
-def _refuse_divergence(network: nn.Module, stage: int, iteration: int) -> None:
+def _refuse_divergence(network: nn.Module, stage: int, iteration: int, checkpoint: Path) -> None:
     """Stop before a step that would make the weights NaN or infinite (every process sees the same averaged
-    gradients, so all stop together); the last checkpoint, from before, is kept."""
+    gradients, so all stop together)."""
     norms = [torch.linalg.vector_norm(p.grad) for p in network.parameters() if p.grad is not None]
     if norms and not torch.isfinite(torch.linalg.vector_norm(torch.stack(norms))):
+        # A resumed run keeps its checkpoint's learning rate and would diverge again at the same step.
+        again = f"delete {checkpoint}, then " if checkpoint.exists() else ""
         raise ValueError(
-            f"Stage {stage} diverged at iteration {iteration}: its gradients are no longer finite. Train again "
-            "with a lower --learning-rate (the paper's is 1e-3), or check the cases' intensities and window."
+            f"Stage {stage} diverged at iteration {iteration}: its gradients are no longer finite. To train again, "
+            f"{again}use a lower --learning-rate (the paper's is 1e-3), or check the cases' intensities and window."
         )
 
 
