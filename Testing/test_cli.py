@@ -45,10 +45,21 @@ def test_convert_turns_a_legacy_fcsv_into_a_ras_markups_file_and_a_csv(shared_da
     ):
         assert converted.labels == original.labels
         np.testing.assert_allclose(converted.positions_lps, original.positions_lps, atol=1e-9)
+    # An existing output (perhaps a hand-corrected list) is kept unless asked.
+    refused = _run("convert", str(source), str(tmp_path / "afids.mrk.json"))
+    assert refused.returncode == 2
+    assert "afids.mrk.json already exists: choose another output file, or add --overwrite" in refused.stderr
+    assert _run("convert", str(source), str(tmp_path / "afids.mrk.json"), "--overwrite").returncode == 0
     # Without --case, the case is the file's name without its landmark suffix, dots inside the name kept.
     assert _run("convert", str(tmp_path / "afids.mrk.json"), str(tmp_path / "x.v2.mrk.json")).returncode == 0
     assert _run("convert", str(tmp_path / "x.v2.mrk.json"), str(tmp_path / "named.csv")).returncode == 0
     assert list(read_landmarks_csv(tmp_path / "named.csv")) == ["x.v2"]
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    result = subprocess.run(f"{COMMAND} sets afids-32 | head -1", shell=True, capture_output=True, text=True)
+    assert result.stdout.startswith("afids-32:")
+    assert "Traceback" not in result.stderr
 
 
 def test_sets_lists_the_shipped_sets_and_their_landmarks():

@@ -130,3 +130,11 @@ def test_without_vtk_evaluate_says_so_first_and_still_writes_the_tables(tmp_path
     assert result.stderr.startswith("Warning: The error plot needs VTK")
     assert "| **all** |" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["errors.csv", "errors.md", "errors_per_case.csv"]
+
+
+def test_evaluation_data_with_a_problem_is_named_as_such(tmp_path, trained_model_path, synthetic_data):
+    from cascade_landmarks.evaluation import evaluate
+
+    (tmp_path / "case100.nrrd").write_bytes((synthetic_data / "test" / "case100.nrrd").read_bytes())
+    with pytest.raises(ValueError, match=r"in the evaluation data; fix them and evaluate again:\n  case100: no "):
+        evaluate(trained_model_path, tmp_path, progress=False)

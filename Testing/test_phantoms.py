@@ -58,6 +58,16 @@ def test_every_landmark_lies_inside_the_volume(case):
     assert np.all(ijk <= np.array(volume.geometry.size) - 1 - margin)
 
 
+def test_a_landmark_at_the_edge_of_a_random_field_of_view_is_still_inside_it():
+    # Seed 55's field of view (placed at random round the heart) cut its commissure off by a third of a voxel;
+    # the view now moves just enough to hold it, and every other seed's stays where it was.
+    volume, landmarks = cardiac.make_case(55, spacing_mm=1.6)
+    ijk = volume.geometry.lps_to_index(landmarks.positions_lps)
+    assert np.all(ijk >= 0.5 - 1e-9)  # a voxel inside the volume's edges (at index -0.5 and size - 0.5)
+    assert np.all(ijk <= np.asarray(volume.geometry.size) - 1.5 + 1e-9)
+    assert volume.geometry.origin[2] == pytest.approx(-54.955, abs=1e-3)  # moved 2.05 mm from -57.007
+
+
 def test_vessel_landmarks_sit_in_contrast_filled_blood(case):
     kind, volume, landmarks = case
     values = values_at(volume, landmarks.positions_lps)

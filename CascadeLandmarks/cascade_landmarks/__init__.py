@@ -15,7 +15,8 @@ Importable with no Slicer at all (numpy, SimpleITK; torch once a model is used).
 - benchmarks: ``phantom_benchmark`` (the paper's tables on ``phantoms``), ``afids_benchmark``, ``benchmarks``
   (speed and memory); and ``cli``, the ``cascade-landmarks`` command
 
-``detect``, ``evaluate`` and ``train`` are here too, imported on first use (they need torch).
+``detect``, ``evaluate``, ``train``, ``load_model`` and ``save_model`` are here too, imported on first use (they
+need torch).
 """
 
 from __future__ import annotations
@@ -33,11 +34,17 @@ from .volumes import Volume, crop_or_pad, read_volume, resample, write_volume
 
 __version__ = "0.1.0"
 
-_NEED_TORCH = {"detect": "detector", "evaluate": "evaluation", "train": "training"}
+_NEED_TORCH = {
+    "detect": "detector",
+    "evaluate": "evaluation",
+    "train": "training",
+    "load_model": "modelfile",
+    "save_model": "modelfile",
+}
 
 
 def __getattr__(name: str):
-    """``detect``, ``evaluate`` and ``train`` on first use, so that importing the package does not import torch."""
+    """The names of :data:`_NEED_TORCH` on first use, so that importing the package does not import torch."""
     if name in _NEED_TORCH:
         import importlib
 
@@ -56,12 +63,14 @@ __all__ = [
     "detect",
     "evaluate",
     "load_landmark_set",
+    "load_model",
     "lps_to_ras",
     "ras_to_lps",
     "read_landmarks",
     "read_landmarks_csv",
     "read_volume",
     "resample",
+    "save_model",
     "train",
     "write_landmarks",
     "write_landmarks_csv",

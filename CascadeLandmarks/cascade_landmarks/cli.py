@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"cascade-landmarks {args.command}: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped early (``cascade-landmarks sets | head``): nothing went wrong
+        sys.stderr.close()
+        return 0
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -127,7 +130,10 @@ def _build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="convert a landmark file (.fcsv, .mrk.json) to .mrk.json or .csv")
     convert.add_argument("source", help="landmark file (.mrk.json or .fcsv)")
     convert.add_argument("output", help="output file: .mrk.json, or .csv (long format)")
-    convert.add_argument("--coordinate-system", choices=["LPS", "RAS"], default="LPS", help="frame to write in")
+    convert.add_argument(
+        "--coordinate-system", choices=["LPS", "RAS"], default="LPS", help="frame to write in (default: %(default)s)"
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     convert.add_argument("--case", help="case name for the CSV (default: the source file name without .mrk.json/.fcsv)")
     convert.set_defaults(run=_run_convert)
 
@@ -306,7 +312,9 @@ def _add_detect_parser(commands) -> None:
         "--overwrite", action="store_true", help="replace results already in the output folder (default: refuse)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    parser.add_argument("--coordinate-system", choices=["LPS", "RAS"], default="LPS", help="frame of the outputs")
+    parser.add_argument(
+        "--coordinate-system", choices=["LPS", "RAS"], default="LPS", help="frame of the outputs (default: %(default)s)"
+    )
     _add_detection_options(parser, "default: the model's")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_detect)
@@ -373,7 +381,11 @@ def _run_detect(args: argparse.Namespace) -> int:
     write_detections_csv(detections, output / "detections.csv", coordinate_system=args.coordinate_system)
     flagged = sum(int(d.flagged.sum()) for d in detections.values())
     print(f"Wrote {len(detections)} .mrk.json files and detections.csv to {output}.")
-    print(f"{flagged} landmark(s) flagged for checking (low confidence).")
+    print(f"{flagged} landmark(s) flagged for checking (low confidence; the flagged column of detections.csv).")
+    for name, detection in detections.items():
+        labels = [label for label, low in zip(detection.labels, detection.flagged, strict=True) if low]
+        if labels:
+            print(f"  {name}: {', '.join(labels)}")
     return 0
 
 
@@ -477,6 +489,8 @@ def _run_info(args: argparse.Namespace) -> int:
 def _run_convert(args: argparse.Namespace) -> int:
     landmarks = read_landmarks(args.source)
     output = Path(args.output)
+    if output.exists() and not args.overwrite:  # it may be a hand-corrected point list
+        raise ValueError(f"{output} already exists: choose another output file, or add --overwrite to replace it.")
     if output.suffix.lower() == ".csv":
         name = Path(args.source).name
         case = args.case or next((name[: -len(s)] for s in LANDMARK_SUFFIXES if name.lower().endswith(s)), name)

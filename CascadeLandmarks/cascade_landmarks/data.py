@@ -146,8 +146,9 @@ def _cases_from_manifest(manifest: Path) -> list[CaseFiles]:
     ]
 
 
-def check_cases(cases: list[CaseFiles], landmark_set: LandmarkSet) -> list[CheckedCase]:
-    """Read every case's header and landmarks; raise one ValueError listing every problem by case name."""
+def check_cases(cases: list[CaseFiles], landmark_set: LandmarkSet, *, purpose: str = "training") -> list[CheckedCase]:
+    """Read every case's header and landmarks; raise one ValueError listing every problem by case name
+    (``purpose``: "training" or "evaluation", what the message says the data is for)."""
     problems, checked = [], []
     names = [case.name for case in cases]
     for repeated in sorted({n for n in names if names.count(n) > 1}):
@@ -173,7 +174,14 @@ def check_cases(cases: list[CaseFiles], landmark_set: LandmarkSet) -> list[Check
         checked.append(CheckedCase(case, geometry, landmarks))
     if problems:
         listing = "\n  ".join(problems)
-        raise ValueError(f"{len(problems)} problem(s) in the training data; fix them and train again:\n  {listing}")
+        again = "train again" if purpose == "training" else "evaluate again"
+        layout = (
+            "A case is a volume with a landmark file of the same name beside it (case7.nrrd, case7.mrk.json), or a "
+            "line of a CSV manifest with columns case, volume, landmarks."
+        )
+        raise ValueError(
+            f"{len(problems)} problem(s) in the {purpose} data; fix them and {again}:\n  {listing}\n{layout}"
+        )
     return checked
 
 

@@ -171,7 +171,7 @@ def evaluate(
     """
     if not isinstance(model, CascadeModel):
         model = load_model(resolve_model(model))
-    cases = check_cases(find_cases(data), model.config.landmark_set)
+    cases = check_cases(find_cases(data), model.config.landmark_set, purpose="evaluation")
     bar = ProgressBar(len(cases), "evaluating", enabled=progress)
     detections, references, names = [], [], []
     for count, case in enumerate(cases, start=1):

@@ -365,13 +365,20 @@ class Anatomy:
     noise_hu: float
     seed: int
 
-    def render(self, spacing_mm, field_of_view_mm) -> Volume:
-        """The CT volume (int16 HU) on an LPS-aligned grid of ``spacing_mm`` voxels round ``centre``."""
+    def render(self, spacing_mm, field_of_view_mm, *, holding: np.ndarray | None = None) -> Volume:
+        """The CT volume (int16 HU) on an LPS-aligned grid of ``spacing_mm`` voxels round ``centre``; moved, if
+        need be, just enough to hold the LPS points ``holding`` (N, 3) a voxel inside its edges."""
         spacing = np.asarray(spacing_mm, dtype=float) * np.ones(3)
         size = np.round(np.asarray(field_of_view_mm) / spacing).astype(int)
         geometry = Geometry(
             size=size, spacing=spacing, origin=self.centre - (size - 1) / 2 * spacing, direction=np.eye(3)
         )
+        if holding is not None and not geometry.contains_lps(holding).all():
+            # A landmark near the edge of a randomly placed field of view: the rest of the seeds stay as they were.
+            low = geometry.origin - spacing / 2 + spacing
+            high = geometry.origin + (size - 0.5) * spacing - spacing
+            shift = np.minimum(holding.min(axis=0) - low, 0) + np.maximum(holding.max(axis=0) - high, 0)
+            geometry = Geometry(size=size, spacing=spacing, origin=geometry.origin + shift, direction=np.eye(3))
         canvas = Canvas(geometry, background_hu=self.tissues[self.background])
         for shape, tissue, clip in self.layers:
             canvas.paint(shape, self.tissues[tissue], inside=clip)
@@ -379,7 +386,8 @@ class Anatomy:
 
     def case(self, spacing_mm, field_of_view_mm, landmark_set: str) -> tuple[Volume, Landmarks]:
         """The rendered volume and the landmarks of ``landmark_set`` (its order and descriptions)."""
-        return self.render(spacing_mm, field_of_view_mm), self.landmarks_of(load_landmark_set(landmark_set))
+        landmarks = self.landmarks_of(load_landmark_set(landmark_set))
+        return self.render(spacing_mm, field_of_view_mm, holding=landmarks.positions_lps), landmarks
 
     def landmarks_of(self, landmark_set) -> Landmarks:
         """The landmarks in the set's order, with its descriptions."""
