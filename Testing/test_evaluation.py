@@ -138,3 +138,21 @@ def test_evaluation_data_with_a_problem_is_named_as_such(tmp_path, trained_model
     (tmp_path / "case100.nrrd").write_bytes((synthetic_data / "test" / "case100.nrrd").read_bytes())
     with pytest.raises(ValueError, match=r"in the evaluation data; fix them and evaluate again:\n  case100: no "):
         evaluate(trained_model_path, tmp_path, progress=False)
+
+
+def test_quality_control_draws_a_cross_for_a_point_within_the_volumes_slice_thickness():
+    """3 mm slices: a detection 2 mm above the reference is within a slice of the axial plane (a cross, as in the
+    slice a reader scrolls to), 5 mm above it is not (a small square)."""
+    from cascade_landmarks import Geometry, Landmarks, Volume
+    from cascade_landmarks.detector import Detection
+    from cascade_landmarks.figures import CASCADE_COLOUR, quality_control_image
+
+    geometry = Geometry((40, 40, 20), (1.0, 1.0, 3.0), (-20.0, -20.0, -30.0), np.eye(3))
+    volume = Volume(np.zeros(geometry.shape, np.int16), geometry)
+    reference = Landmarks(["a"], [[0.0, 0.0, 0.0]])
+    arm_pixels = 4  # a cross's arm: the pixel 4 to the right of the point is red only for a cross
+    for above_mm, cross in ((2.0, True), (5.0, False)):
+        point = np.array([[10.0, 0.0, above_mm]])  # 10 mm to the left: 16 pixels (0.625 mm) right of the centre
+        detection = Detection(["a"], [""], point, point, np.ones(1), np.zeros(1), np.ones(1), np.zeros(1, bool))
+        axial = quality_control_image(volume, reference, detection)[:96, :96]
+        assert (tuple(axial[48, 48 + 16 + arm_pixels]) == CASCADE_COLOUR) == cross

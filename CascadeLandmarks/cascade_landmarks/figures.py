@@ -84,8 +84,10 @@ def quality_control_image(
                     (detection.stage1_lps[index], STAGE1_COLOUR),
                     (detection.positions_lps[index], CASCADE_COLOUR),
                 ]
+            # The volume's own slice thickness along this view's normal (its voxel's extent in that direction).
+            thickness = float(np.abs(volume.geometry.direction.T @ np.array(normal, float)) @ volume.geometry.spacing)
             for point, colour in marks:
-                _mark(tile, plane, point, colour, spacing)
+                _mark(tile, plane, point, colour, spacing, thickness)
             tiles.append(tile)
             tiles.append(np.full((pixels, 2, 3), 255, np.uint8))
         rows.append(np.concatenate(tiles[:-1], axis=1))
@@ -109,10 +111,13 @@ def _plane(centre, columns, down, normal, spacing, pixels) -> Geometry:
     return Geometry(size=(pixels, 1, pixels), spacing=(spacing, spacing, spacing), origin=origin, direction=direction)
 
 
-def _mark(tile: np.ndarray, plane: Geometry, point_lps: np.ndarray, colour, spacing: float) -> None:
+def _mark(
+    tile: np.ndarray, plane: Geometry, point_lps: np.ndarray, colour, spacing: float, thickness_mm: float
+) -> None:
+    """A cross at the point when it lies within ``thickness_mm`` of the plane, else a small square."""
     column, offset, row = plane.lps_to_index(point_lps)
     column, row = int(np.rint(column)), int(np.rint(row))
-    near_plane = abs(offset) * spacing <= 2 * spacing
+    near_plane = abs(offset) * spacing <= thickness_mm
     arm = 4
     for d in range(-arm, arm + 1):
         if near_plane:
