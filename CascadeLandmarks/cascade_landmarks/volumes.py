@@ -281,8 +281,9 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
     return reader.Execute()
 
 
-# Slice positions may stray this far (mm) from an evenly spaced stack before the series is refused.
-SLICE_POSITION_TOLERANCE_MM = 0.01
+# Slice positions may stray this far (mm) from an evenly spaced stack before the series is refused: above the
+# rounding of scanners that write positions to 0.1 mm, far below a missing slice or a tilt summed over the stack.
+SLICE_POSITION_TOLERANCE_MM = 0.1
 
 
 def _check_slice_positions(folder: Path, files: Sequence[str]) -> None:
