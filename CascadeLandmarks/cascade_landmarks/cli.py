@@ -241,8 +241,8 @@ def _run_export_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    if Path(args.output).exists() and not (args.overwrite or args.resume):
-        raise ValueError(f"{args.output} already exists: choose another output file, or add --overwrite to replace it.")
+    if not args.resume:
+        _keep_existing(Path(args.output), args.overwrite)
     defaults = TrainingConfig()
     training = TrainingConfig(
         stage1_iterations=args.stage1_iterations,
@@ -289,6 +289,12 @@ def _run_train(args: argparse.Namespace) -> int:
         stage1, cascade = _mm(errors.get("stage1")), _mm(errors.get("cascade"))
         print(f"Wrote {args.output}. Validation error: stage 1 {stage1}, cascade {cascade}.")
     return 0
+
+
+def _keep_existing(path: Path, overwrite: bool) -> None:
+    """Refuse to replace the user's file at ``path`` unless ``--overwrite`` was given."""
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} already exists: choose another output file, or add --overwrite to replace it.")
 
 
 def _intensity(text: str) -> IntensityWindow:
@@ -412,7 +418,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if not plot:  # said before the long part, not after it
         warn(f"{PLOT_NEEDS_VTK} Without it, errors.png is skipped; the tables and quality-control images are not.")
     evaluation = evaluate(
-        resolve_model(args.model),
+        args.model,
         args.data,
         device=args.device,
         progress=not args.quiet,
@@ -489,8 +495,7 @@ def _run_info(args: argparse.Namespace) -> int:
 def _run_convert(args: argparse.Namespace) -> int:
     landmarks = read_landmarks(args.source)
     output = Path(args.output)
-    if output.exists() and not args.overwrite:  # it may be a hand-corrected point list
-        raise ValueError(f"{output} already exists: choose another output file, or add --overwrite to replace it.")
+    _keep_existing(output, args.overwrite)  # it may be a hand-corrected point list
     if output.suffix.lower() == ".csv":
         name = Path(args.source).name
         case = args.case or next((name[: -len(s)] for s in LANDMARK_SUFFIXES if name.lower().endswith(s)), name)

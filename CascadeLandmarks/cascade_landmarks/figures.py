@@ -149,10 +149,10 @@ def can_plot() -> bool:
 def write_error_plot(evaluation, path: str | os.PathLike, *, title: str = "Mean error per landmark (mm)") -> Path:
     """A bar chart of the mean error per landmark, stage 1 beside the cascade (and the human raters when the
     evaluation has them), as PNG (needs VTK)."""
-    try:
-        import vtk
-    except ImportError as error:
-        raise ValueError(PLOT_NEEDS_VTK) from error
+    if not can_plot():
+        raise ValueError(PLOT_NEEDS_VTK)
+    import vtk
+
     # Offscreen rendering tries an X display before EGL; without a display that is expected, not worth a warning.
     vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_ERROR)
     rows = evaluation.rows()

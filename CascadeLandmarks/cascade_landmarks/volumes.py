@@ -290,6 +290,8 @@ def _check_slice_positions(folder: Path, files: Sequence[str]) -> None:
     """Refuse a series whose slices do not form one evenly spaced stack along the slice normal: ITK would stack
     them anyway, with one spacing and no shear, and put the voxels millimetres off without a word (a gantry tilt,
     a missing slice, a localizer sharing the series)."""
+    if len(files) < 2:
+        return
     orientations, positions = [], []
     for name in files:
         header = sitk.ImageFileReader()
@@ -300,8 +302,6 @@ def _check_slice_positions(folder: Path, files: Sequence[str]) -> None:
             return  # no patient geometry per slice to check (ITK falls back on its own defaults)
         orientations.append([float(v) for v in header.GetMetaData("0020|0037").split("\\")])
         positions.append([float(v) for v in header.GetMetaData("0020|0032").split("\\")])
-    if len(files) < 2:
-        return
     orientations, positions = np.array(orientations), np.array(positions)
     if np.abs(orientations - orientations[0]).max() > 1e-4:
         raise ValueError(f"DICOM series in {folder}: its slices are not all oriented alike (a localizer among them?).")

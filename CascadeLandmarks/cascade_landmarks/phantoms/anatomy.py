@@ -375,8 +375,8 @@ class Anatomy:
         )
         if holding is not None and not geometry.contains_lps(holding).all():
             # A landmark near the edge of a randomly placed field of view: the rest of the seeds stay as they were.
-            low = geometry.origin - spacing / 2 + spacing
-            high = geometry.origin + (size - 0.5) * spacing - spacing
+            low = geometry.origin + spacing / 2  # a voxel inside the grid's edges, which lie half a voxel out
+            high = geometry.origin + (size - 1.5) * spacing
             shift = np.minimum(holding.min(axis=0) - low, 0) + np.maximum(holding.max(axis=0) - high, 0)
             geometry = Geometry(size=size, spacing=spacing, origin=geometry.origin + shift, direction=np.eye(3))
         canvas = Canvas(geometry, background_hu=self.tissues[self.background])
