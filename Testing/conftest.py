@@ -80,7 +80,7 @@ def oblique_landmarks(oblique_volume: Volume) -> Landmarks:
 
 # --- a small trained model, shared by the tests that need one ---------------------------------------------
 
-# Small enough to train in about half a minute on two CPU cores (synthetic cases from synthetic.py).
+# Small enough to train in about half a minute on two CPU cores (the sphere cases of bench/phantoms/spheres.py).
 TINY_MODEL_SETTINGS = {
     "stage1_spacing_mm": 3.0,
     "stage1_grid": (20, 20, 20),
@@ -95,7 +95,7 @@ TINY_MODEL_SETTINGS = {
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
     """``train/`` (12 cases) and ``test/`` (4 held-out cases) of synthetic sphere volumes."""
-    from cascade_landmarks.phantoms.spheres import write_cases
+    from cascade_landmarks.bench.phantoms.spheres import write_cases
 
     root = tmp_path_factory.mktemp("synthetic")
     write_cases(root / "train", range(12))
@@ -106,9 +106,9 @@ def synthetic_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_model_path(synthetic_data) -> Path:
     """A model trained on ``synthetic_data/train`` (600 + 400 iterations, seed 0)."""
-    from cascade_landmarks.config import TrainingConfig
-    from cascade_landmarks.phantoms.spheres import SPHERES_SET
-    from cascade_landmarks.training import train
+    from cascade_landmarks.bench.phantoms.spheres import SPHERES_SET
+    from cascade_landmarks.training.config import TrainingConfig
+    from cascade_landmarks.training.trainer import train
 
     path = synthetic_data / "model.pt"
     training = TrainingConfig(

@@ -9,19 +9,12 @@ import numpy as np
 import pytest
 
 from cascade_landmarks import Geometry, Volume
-from cascade_landmarks.augmentation import (
-    NO_AUGMENTATION,
-    PRESETS,
-    Augmentation,
-    AugmentingSampler,
-    RandomTransform,
-    change_intensity,
-    with_settings,
-)
-from cascade_landmarks.config import CascadeConfig, TrainingConfig
-from cascade_landmarks.data import TrainingCase, stage1_batch, stage2_batch
-from cascade_landmarks.landmark_sets import LandmarkDefinition, LandmarkSet
-from cascade_landmarks.preprocessing import IntensityWindow, Sampler, patch_geometry
+from cascade_landmarks.inference.preprocessing import Sampler, patch_geometry
+from cascade_landmarks.io.landmark_sets import LandmarkDefinition, LandmarkSet
+from cascade_landmarks.model.config import CascadeConfig, IntensityWindow
+from cascade_landmarks.training.augmentation import AugmentingSampler, RandomTransform, change_intensity
+from cascade_landmarks.training.batches import TrainingCase, stage1_batch, stage2_batch
+from cascade_landmarks.training.config import NO_AUGMENTATION, PRESETS, Augmentation, TrainingConfig, with_settings
 
 PAIRED = LandmarkSet(
     name="pair-3",
@@ -149,6 +142,19 @@ def test_intensity_changes_keep_the_image_finite_and_vary_it():
     assert not np.allclose(changed, array)
 
 
+def test_the_bias_field_is_a_full_quadratic_polynomial():
+    """Every polynomial of degree two in the voxel position is a bias field the augmentation can draw (its terms
+    span the ten monomials up to degree two but the constant, which the mean-free squares stand in for)."""
+    from cascade_landmarks.training.augmentation import BIAS_FIELD_TERMS, _bias_field
+
+    shape = (7, 6, 5)
+    fields = np.stack([_bias_field(shape, np.eye(BIAS_FIELD_TERMS)[n]).ravel() for n in range(BIAS_FIELD_TERMS)])
+    k, j, i = (axis.ravel() for axis in np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    monomials = np.stack([np.ones_like(i), i, j, k, i * j, j * k, i * k, i**2, j**2, k**2])
+    assert np.linalg.matrix_rank(np.vstack([fields, np.ones_like(i)])) == 10
+    assert np.linalg.matrix_rank(np.vstack([fields, monomials])) == 10  # nothing outside the quadratics
+
+
 def test_settings_of_a_preset_can_be_changed_one_by_one():
     changed = with_settings(PRESETS["one-shot"], ["elastic_grid=9", "elastic-mm=3"])
     assert changed == replace(PRESETS["one-shot"], elastic_grid=9, elastic_mm=3.0)
@@ -161,8 +167,9 @@ def test_settings_of_a_preset_can_be_changed_one_by_one():
 
 
 def test_the_defaults_leave_cta_training_as_it_was(synthetic_data):
-    from cascade_landmarks.data import check_cases, find_cases, prepare_case
-    from cascade_landmarks.phantoms.spheres import SPHERES_SET
+    from cascade_landmarks.bench.phantoms.spheres import SPHERES_SET
+    from cascade_landmarks.io.cases import check_cases, find_cases
+    from cascade_landmarks.training.batches import prepare_case
 
     assert TrainingConfig().augmentation == NO_AUGMENTATION
     assert not PRESETS["none"].enabled
@@ -178,9 +185,10 @@ def test_the_defaults_leave_cta_training_as_it_was(synthetic_data):
 
 
 def test_augmented_batches_put_the_targets_where_the_landmarks_went(synthetic_data):
-    from cascade_landmarks.data import check_cases, find_cases, prepare_case
-    from cascade_landmarks.heatmaps import decode_peaks
-    from cascade_landmarks.phantoms.spheres import SPHERES_SET
+    from cascade_landmarks.bench.phantoms.spheres import SPHERES_SET
+    from cascade_landmarks.io.cases import check_cases, find_cases
+    from cascade_landmarks.model.heatmaps import decode_peaks
+    from cascade_landmarks.training.batches import prepare_case
 
     config = CascadeConfig.default(SPHERES_SET, stage1_spacing_mm=3.0, stage1_grid=(20, 20, 20),
                                    stage2_spacing_mm=1.5, patch_size=16, unet_depth=2)  # fmt: skip

@@ -112,7 +112,7 @@ def test_bad_input_gives_one_clear_line_and_exit_code_2(tmp_path):
 
 
 def test_a_manifest_saved_by_excel_is_read_and_an_empty_cell_is_named_by_its_line(tmp_path, synthetic_data):
-    from cascade_landmarks.data import find_cases
+    from cascade_landmarks.io.cases import find_cases
 
     train = synthetic_data / "train"
     rows = [f"case{n:03d},{train}/case{n:03d}.nrrd,{train}/case{n:03d}.mrk.json" for n in (0, 1)]

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from cascade_landmarks import Geometry, read_landmarks, read_volume, resample
-from cascade_landmarks.detector import detect
-from cascade_landmarks.devices import select_device
-from cascade_landmarks.modelfile import load_model
-from cascade_landmarks.volumes import resample_to_geometry
+from cascade_landmarks.inference.detector import detect
+from cascade_landmarks.io.volumes import resample_to_geometry
+from cascade_landmarks.model.devices import select_device
+from cascade_landmarks.model.model_file import load_model
 
 from conftest import rotation
 
@@ -37,8 +37,54 @@ def test_detect_returns_labelled_points_in_both_frames_with_confidence(trained_m
     assert detection.confidence.shape == (3,)
     assert np.all((detection.confidence >= 0) & (detection.confidence <= 1))
     np.testing.assert_array_equal(detection.flagged, detection.confidence < 0.5)
+    assert detection.in_view.all()  # each sphere lies in the volume
     model_radius = 5.0
     assert np.all(detection.stage2_shift_mm <= model_radius + 1e-9)
+    # The record names the model it came from, by name and by its file's checksum.
+    assert detection.model_name == "model"
+    assert detection.model_sha256 == hashlib.sha256(trained_model_path.read_bytes()).hexdigest()
+
+
+def test_the_detection_record_travels_whole_as_json(trained_model_path, synthetic_data):
+    from cascade_landmarks import Detection
+
+    detection = detect(synthetic_data / "test" / "case101.nrrd", trained_model_path)
+    detection.warnings = ["check every point"]
+    back = Detection.from_json(detection.to_json())
+    for field in dataclasses.fields(Detection):
+        original, copied = getattr(detection, field.name), getattr(back, field.name)
+        if isinstance(original, np.ndarray):
+            assert copied.dtype == original.dtype, field.name
+            np.testing.assert_array_equal(copied, original, err_msg=field.name)  # to the last bit: floats as repr
+        else:
+            assert copied == original, field.name
+    record = detection.to_dict()
+    with pytest.raises(ValueError, match=r"version 2; this CascadeLandmarks reads up to 1\. Update CascadeLandmarks"):
+        Detection.from_dict({**record, "version": 2})
+    with pytest.raises(ValueError, match="incomplete or has unknown fields"):
+        Detection.from_dict({key: value for key, value in record.items() if key != "in_view"})
+    with pytest.raises(ValueError, match=r"positions_lps has shape \(2, 3\); 3 landmarks need \(3, 3\)"):
+        Detection.from_dict({**record, "positions_lps": record["positions_lps"][:2]})
+
+
+def test_a_program_running_the_command_gets_progress_then_each_detection_as_json(trained_model_path, synthetic_data,
+                                                                                 tmp_path):  # fmt: skip
+    import json
+
+    from cascade_landmarks import Detection
+
+    volume = synthetic_data / "test" / "case100.nrrd"
+    command = [str(BIN / "cascade-landmarks"), "--progress-format", "json", "detect", str(trained_model_path),
+               str(volume), "-o", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    messages = [json.loads(line) for line in result.stdout.splitlines()]  # nothing but messages on standard output
+    assert {m["type"] for m in messages[:-1]} == {"progress"}
+    assert messages[-1]["type"] == "result"
+    assert messages[-1]["case"] == "case100"
+    sent = Detection.from_dict(messages[-1]["detection"])
+    np.testing.assert_array_equal(sent.positions_lps, detect(volume, trained_model_path).positions_lps)
+    assert "Wrote 1 .mrk.json files" in result.stderr  # the summary, for a person reading the log
 
 
 def test_the_same_anatomy_on_a_rotated_anisotropic_grid_gives_the_same_points(trained_model_path, synthetic_data):
@@ -63,7 +109,9 @@ def test_the_detect_command_writes_one_markups_file_per_volume_and_a_csv(tmp_pat
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "landmark(s) flagged for checking (low confidence; the flagged column of detections.csv)" in result.stdout
+    assert "landmark(s) flagged for checking (low confidence, or outside the volume; the flagged column of" in (
+        result.stdout
+    )
     # The detection settings given on the command line are the ones used, for this run only.
     model = load_model(trained_model_path)
     assert not model.config.mirror_stage2
@@ -76,7 +124,8 @@ def test_the_detect_command_writes_one_markups_file_per_volume_and_a_csv(tmp_pat
     with open(tmp_path / "out" / "detections.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["case"] for row in rows] == ["case100"] * 3 + ["case101"] * 3
-    assert {"confidence", "flagged", "stage1_x", "stage2_shift_mm"} <= set(rows[0])
+    assert {"confidence", "flagged", "in_view", "stage1_x", "stage2_shift_mm"} <= set(rows[0])
+    assert {row["in_view"] for row in rows} == {"1"}  # every sphere lies in its volume
     assert rows[0]["coordinate_system"] == "RAS"
     # Results already there (in a folder of cases, its reference landmarks) are kept unless --overwrite is given.
     before = (tmp_path / "out" / "case100.mrk.json").read_bytes()
@@ -116,8 +165,8 @@ def test_a_coarser_copy_of_the_volume_still_gives_the_points_within_a_millimetre
 
 
 def test_each_stage2_pass_starts_from_where_the_last_left_the_point(trained_model_path, synthetic_data):
-    from cascade_landmarks.detector import predict_displacements
-    from cascade_landmarks.preprocessing import Sampler
+    from cascade_landmarks.inference.detector import predict_displacements
+    from cascade_landmarks.inference.preprocessing import Sampler
 
     model = load_model(trained_model_path)
     assert model.config.stage2_passes == 1  # the paper's single pass unless the model says otherwise
@@ -160,8 +209,8 @@ def test_a_tolerance_stops_the_passes_once_none_moves_a_point_that_far(trained_m
 def test_a_model_file_carries_its_pass_count_and_older_files_read_as_one_pass(
     tmp_path, trained_model_path, synthetic_data
 ):
-    from cascade_landmarks.config import CascadeConfig
-    from cascade_landmarks.modelfile import save_model
+    from cascade_landmarks.model.config import CascadeConfig
+    from cascade_landmarks.model.model_file import save_model
 
     model = load_model(trained_model_path)
     written_before_passes = model.config.to_dict()
@@ -205,7 +254,7 @@ def test_test_time_mirroring_makes_the_cascade_exactly_mirror_symmetric(tmp_path
 
 def test_a_field_of_view_unlike_the_training_scans_is_warned_about(tmp_path, trained_model_path):
     from cascade_landmarks import write_volume
-    from cascade_landmarks.phantoms.spheres import make_case
+    from cascade_landmarks.bench.phantoms.spheres import make_case
 
     # The model's stage 1 covers 60 mm along each axis (20 voxels of 3 mm), like its training cases.
     like_training, _ = make_case(7, size=(40, 40, 40))
@@ -224,7 +273,7 @@ def test_a_field_of_view_unlike_the_training_scans_is_warned_about(tmp_path, tra
 
 
 def test_a_registered_model_is_found_by_its_name(synthetic_data):
-    from cascade_landmarks.model_registry import resolve_model
+    from cascade_landmarks.model.registry import resolve_model
 
     volume = read_volume(synthetic_data / "test" / "case100.nrrd")
     by_name = detect(volume, "cardiac-5-phantom", device="cpu")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cascade_landmarks.evaluation import Evaluation
+from cascade_landmarks.evaluation.errors import Evaluation
 
 BIN = Path(sys.executable).parent
 
@@ -99,10 +99,22 @@ def test_the_evaluate_command_writes_tables_plot_and_quality_control(tmp_path, t
     assert _png_size(qc[0]) == (3 * 96 + 2 * 2, 3 * 96 + 2 * 2)  # three views by three landmarks
 
 
+def test_a_png_holds_the_image_it_was_given(tmp_path):
+    import SimpleITK as sitk
+
+    from cascade_landmarks.evaluation.figures import write_png
+
+    image = np.random.default_rng(3).integers(0, 256, size=(17, 29, 3), dtype=np.uint8)
+    write_png(tmp_path / "image.png", image)
+    assert (tmp_path / "image.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "image.png"))), image)
+    assert [p.name for p in tmp_path.iterdir()] == ["image.png"]  # written atomically, nothing left beside it
+
+
 def test_quality_control_draws_the_reference_on_the_bright_sphere(trained_model_path, synthetic_data):
     from cascade_landmarks import read_landmarks, read_volume
-    from cascade_landmarks.detector import detect
-    from cascade_landmarks.figures import REFERENCE_COLOUR, quality_control_image
+    from cascade_landmarks.evaluation.figures import REFERENCE_COLOUR, quality_control_image
+    from cascade_landmarks.inference.detector import detect
 
     volume = read_volume(synthetic_data / "test" / "case100.nrrd")
     reference = read_landmarks(synthetic_data / "test" / "case100.mrk.json")
@@ -133,7 +145,7 @@ def test_without_vtk_evaluate_says_so_first_and_still_writes_the_tables(tmp_path
 
 
 def test_evaluation_data_with_a_problem_is_named_as_such(tmp_path, trained_model_path, synthetic_data):
-    from cascade_landmarks.evaluation import evaluate
+    from cascade_landmarks.evaluation.errors import evaluate
 
     (tmp_path / "case100.nrrd").write_bytes((synthetic_data / "test" / "case100.nrrd").read_bytes())
     with pytest.raises(ValueError, match=r"in the evaluation data; fix them and evaluate again:\n  case100: no "):
@@ -144,8 +156,8 @@ def test_quality_control_draws_a_cross_for_a_point_within_the_volumes_slice_thic
     """3 mm slices: a detection 2 mm above the reference is within a slice of the axial plane (a cross, as in the
     slice a reader scrolls to), 5 mm above it is not (a small square)."""
     from cascade_landmarks import Geometry, Landmarks, Volume
-    from cascade_landmarks.detector import Detection
-    from cascade_landmarks.figures import CASCADE_COLOUR, quality_control_image
+    from cascade_landmarks.evaluation.figures import CASCADE_COLOUR, quality_control_image
+    from cascade_landmarks.inference.detection import Detection
 
     geometry = Geometry((40, 40, 20), (1.0, 1.0, 3.0), (-20.0, -20.0, -30.0), np.eye(3))
     volume = Volume(np.zeros(geometry.shape, np.int16), geometry)
@@ -153,6 +165,8 @@ def test_quality_control_draws_a_cross_for_a_point_within_the_volumes_slice_thic
     arm_pixels = 4  # a cross's arm: the pixel 4 to the right of the point is red only for a cross
     for above_mm, cross in ((2.0, True), (5.0, False)):
         point = np.array([[10.0, 0.0, above_mm]])  # 10 mm to the left: 16 pixels (0.625 mm) right of the centre
-        detection = Detection(["a"], [""], point, point, np.ones(1), np.zeros(1), np.ones(1), np.zeros(1, bool))
+        detection = Detection(
+            ["a"], [""], point, point, np.ones(1), np.zeros(1), np.ones(1), np.zeros(1, bool), np.ones(1, bool)
+        )
         axial = quality_control_image(volume, reference, detection)[:96, :96]
         assert (tuple(axial[48, 48 + 16 + arm_pixels]) == CASCADE_COLOUR) == cross

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cascade_landmarks.heatmaps import decode_peaks, gaussian_targets, normalise_channels
+from cascade_landmarks.model.heatmaps import decode_peaks, gaussian_targets, normalise_channels
 
 
 def test_gaussian_targets_follow_equation_one():

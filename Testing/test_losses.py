@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cascade_landmarks.losses import euclidean_loss, exponential_weighted_mse, heatmap_loss
+from cascade_landmarks.model.losses import euclidean_loss, exponential_weighted_mse, heatmap_loss
 
 
 def test_exponential_weighted_mse_weights_each_voxel_by_exp_of_the_prediction():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cascade_landmarks.model_registry import available_models, file_sha256, register_model, resolve_model
+from cascade_landmarks.model.registry import available_models, file_sha256, register_model, resolve_model
 
 
 @pytest.fixture(autouse=True)
@@ -15,7 +15,7 @@ def _user_folder(tmp_path, monkeypatch):
 
 
 def test_a_shipped_model_is_used_only_while_its_file_matches_the_checksum(tmp_path, trained_model_path, monkeypatch):
-    from cascade_landmarks import model_registry
+    from cascade_landmarks.model import registry as model_registry
 
     shipped = tmp_path / "Models"
     shipped.mkdir()
@@ -23,7 +23,7 @@ def test_a_shipped_model_is_used_only_while_its_file_matches_the_checksum(tmp_pa
     record = {"name": "spheres", "landmark_set": "spheres-3", "file": "spheres.pt",
               "sha256": file_sha256(trained_model_path), "version": 1}  # fmt: skip
     (shipped / "registry.json").write_text(json.dumps({"models": [record]}))
-    monkeypatch.setattr(model_registry, "resource_path", lambda *parts: tmp_path.joinpath(*parts))
+    monkeypatch.setattr(model_registry, "shipped_registry", lambda: tmp_path / "Models" / "registry.json")
     assert [(e.name, e.bundled) for e in available_models()] == [("spheres", True)]
     assert resolve_model("spheres") == shipped / "spheres.pt"
     with open(shipped / "spheres.pt", "ab") as handle:
@@ -55,13 +55,13 @@ def test_a_model_added_from_a_file_and_its_fine_tuned_version(tmp_path, trained_
 
 
 def test_shipping_a_new_file_under_a_shipped_name_gives_it_the_next_version(tmp_path, trained_model_path, monkeypatch):
-    from cascade_landmarks import model_registry
-    from cascade_landmarks.model_registry import add_bundled_model
-    from cascade_landmarks.modelfile import load_model, save_model
+    from cascade_landmarks.bench.bundling import add_bundled_model
+    from cascade_landmarks.model import registry as model_registry
+    from cascade_landmarks.model.model_file import load_model, save_model
 
     (tmp_path / "Models").mkdir()
     (tmp_path / "Models" / "registry.json").write_text(json.dumps({"description": "test", "models": []}))
-    monkeypatch.setattr(model_registry, "resource_path", lambda *parts: tmp_path.joinpath(*parts))
+    monkeypatch.setattr(model_registry, "shipped_registry", lambda: tmp_path / "Models" / "registry.json")
     first = add_bundled_model(trained_model_path, "spheres", "card", description="d")
     assert add_bundled_model(trained_model_path, "spheres", "card", description="d").version == first.version == 1
     model = load_model(trained_model_path)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from cascade_landmarks.config import CascadeConfig
-from cascade_landmarks.detector import detect
-from cascade_landmarks.modelfile import FORMAT_VERSION, CascadeModel, load_model, save_model
-from cascade_landmarks.phantoms.spheres import SPHERES_SET
+from cascade_landmarks.bench.phantoms.spheres import SPHERES_SET
+from cascade_landmarks.inference.detector import detect
+from cascade_landmarks.model.config import CascadeConfig
+from cascade_landmarks.model.model_file import FORMAT_VERSION, CascadeModel, load_model, save_model
 
 
 class Payload:
@@ -103,7 +103,7 @@ def test_a_file_that_asks_for_far_more_than_it_holds_is_refused_without_allocati
     state["config"] = json.dumps(config)
     torch.save(state, tmp_path / "greedy.pt")
     probe = (
-        "import resource; from cascade_landmarks.modelfile import load_model\n"
+        "import resource; from cascade_landmarks.model.model_file import load_model\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n    load_model(r'" + str(tmp_path / "greedy.pt") + "')\n"
         "except ValueError as error:\n    print(error)\n"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cascade_landmarks.models import DisplacementCNN, DisplacementCNNConfig, HeatmapUNet, HeatmapUNetConfig
+from cascade_landmarks.model.config import DisplacementCNNConfig, HeatmapUNetConfig
+from cascade_landmarks.model.displacement_cnn import DisplacementCNN
+from cascade_landmarks.model.heatmap_unet import HeatmapUNet
 
 
 def test_unet_gives_normalised_heatmaps_and_three_side_outputs_while_training():

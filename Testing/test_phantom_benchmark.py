@@ -8,10 +8,12 @@ import json
 
 import pytest
 
-from cascade_landmarks import model_registry
-from cascade_landmarks.model_registry import available_models, file_sha256, resolve_model
-from cascade_landmarks.modelfile import load_model
-from cascade_landmarks.phantom_benchmark import run_benchmark
+from cascade_landmarks.bench.paper_tables import run_benchmark
+from cascade_landmarks.model import registry as model_registry
+from cascade_landmarks.model.model_file import load_model
+from cascade_landmarks.model.registry import available_models, file_sha256, resolve_model
+
+pytestmark = pytest.mark.slow  # benchmarks: phantoms written, two models trained
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def test_bundling_ships_the_model_with_its_card_and_checksum(quick_run, tmp_path
     shipped = tmp_path / "Models"
     shipped.mkdir()
     (shipped / "registry.json").write_text(json.dumps({"description": "test", "models": []}))
-    monkeypatch.setattr(model_registry, "resource_path", lambda *parts: tmp_path.joinpath(*parts))
+    monkeypatch.setattr(model_registry, "shipped_registry", lambda: tmp_path / "Models" / "registry.json")
     monkeypatch.setenv(model_registry.USER_FOLDER_VARIABLE, str(tmp_path / "home"))
     run_benchmark(folder, kinds=("cardiac",), size="quick", progress=False, bundle=True)
 

@@ -7,11 +7,11 @@ and the landmarks do not depend on the voxel size.
 import numpy as np
 import pytest
 
+from cascade_landmarks.bench.phantoms import aortic, cardiac
 from cascade_landmarks.cli import main
-from cascade_landmarks.landmark_sets import load_landmark_set
-from cascade_landmarks.landmarks import read_landmarks
-from cascade_landmarks.phantoms import aortic, cardiac
-from cascade_landmarks.volumes import read_volume, values_at
+from cascade_landmarks.io.landmark_sets import load_landmark_set
+from cascade_landmarks.io.landmarks import read_landmarks
+from cascade_landmarks.io.volumes import read_volume, values_at
 
 CONTRAST_HU = 200.0
 VESSEL_LANDMARKS = {

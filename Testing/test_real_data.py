@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cascade_landmarks import Landmarks, Volume, load_landmark_set, read_landmarks, read_volume
-from cascade_landmarks.volumes import values_at
+from cascade_landmarks.io.volumes import values_at
 
 CTA = "real/cta-thorax-abdomen"
 AFIDS = {
@@ -36,7 +36,7 @@ def test_the_cta_reference_landmarks_fall_on_contrast_filled_lumen(cta):
 def test_slicer_reads_the_same_hounsfield_units_under_each_cta_landmark(cta, shared_data, mrml_scene):
     import slicer
 
-    from cascade_landmarks.slicer_bridge import volume_from_node
+    from cascade_landmarks.slicer.bridge import volume_from_node
 
     volume, landmarks = cta
     node = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
@@ -102,7 +102,7 @@ def test_every_rater_file_loads_as_the_32_afids(shared_data):
 
 
 def test_the_afids_bars_match_the_figures_measured_for_this_pair(shared_data):
-    from cascade_landmarks.afids_benchmark import load_afids_reference
+    from cascade_landmarks.bench.afids import load_afids_reference
 
     reference = load_afids_reference(shared_data)
     raters_mm, no_model_mm = reference.raters_mm, reference.no_model_mm
@@ -115,7 +115,7 @@ def test_the_afids_bars_match_the_figures_measured_for_this_pair(shared_data):
 
 
 def test_the_raters_split_on_the_occipital_horns_and_nowhere_else(shared_data):
-    from cascade_landmarks.afids_benchmark import load_afids_reference
+    from cascade_landmarks.bench.afids import load_afids_reference
 
     reference = load_afids_reference(shared_data)
     # The consensus is the raters' mean; on fiducials 29 and 30 (the occipital horns) the 32 sessions form two
@@ -125,7 +125,7 @@ def test_the_raters_split_on_the_occipital_horns_and_nowhere_else(shared_data):
 
 
 def test_an_evaluation_with_raters_reports_them_beside_the_model():
-    from cascade_landmarks.evaluation import Evaluation
+    from cascade_landmarks.evaluation.errors import Evaluation
 
     evaluation = Evaluation(
         labels=["1", "2"], case_names=["colin27"], errors_mm={"stage1": np.array([[3.0, 5.0]]),

@@ -15,13 +15,8 @@ from cascade_landmarks import (
     write_landmarks,
     write_volume,
 )
-from cascade_landmarks.slicer_bridge import (
-    landmarks_from_node,
-    landmarks_to_node,
-    volume_from_node,
-    volume_to_node,
-)
-from cascade_landmarks.volumes import values_at
+from cascade_landmarks.io.volumes import values_at
+from cascade_landmarks.slicer.bridge import landmarks_from_node, landmarks_to_node, volume_from_node, volume_to_node
 
 from conftest import MARKED_VOXELS, MARKER_VALUES
 

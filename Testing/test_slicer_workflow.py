@@ -11,21 +11,20 @@ import numpy as np
 import pytest
 
 from cascade_landmarks import Geometry, read_landmarks, read_volume, write_volume
-from cascade_landmarks.data import check_cases, find_cases
-from cascade_landmarks.modelfile import load_model
-from cascade_landmarks.slicer_bridge import landmarks_to_node
-from cascade_landmarks.slicer_workflow import (
+from cascade_landmarks.io.cases import check_cases, find_cases
+from cascade_landmarks.io.volumes import resample_to_geometry
+from cascade_landmarks.model.model_file import load_model
+from cascade_landmarks.slicer.bridge import landmarks_to_node
+from cascade_landmarks.slicer.runs import DetectionRun, FineTuneRun
+from cascade_landmarks.slicer.workflow import (
     DETECTION_ATTRIBUTE,
     CaseExistsError,
-    DetectionRun,
-    FineTuneRun,
     detection_rows,
     point_index,
     save_corrected_case,
     work_at_risk,
 )
-from cascade_landmarks.training import checkpoint_path
-from cascade_landmarks.volumes import resample_to_geometry
+from cascade_landmarks.training.run_files import checkpoint_path
 
 from conftest import rotation
 
@@ -58,11 +57,11 @@ def test_detect_gives_a_labelled_point_list_equal_to_the_cli_output(
     volume_node = _load_volume_node(mrml_scene, oblique_case_file)
     progress = []
     node = (
-        DetectionRun(mrml_scene, volume_node, trained_model_path, model_name="spheres")
+        DetectionRun(mrml_scene, volume_node, trained_model_path)
         .start()
         .wait(progress=lambda fraction, status: progress.append(fraction))
     )
-    assert node.GetName() == "oblique spheres"
+    assert node.GetName() == "oblique model"  # the volume's name and the model's
     labels = [node.GetNthControlPointLabel(i) for i in range(node.GetNumberOfControlPoints())]
     assert labels == load_model(trained_model_path).landmark_labels
     assert node.GetNthControlPointDescription(0) == "centre of the 600 HU sphere"
@@ -78,7 +77,7 @@ def test_detect_gives_a_labelled_point_list_equal_to_the_cli_output(
 
 
 def test_a_tight_field_of_view_is_reported_with_the_points(mrml_scene, trained_model_path, tmp_path):
-    from cascade_landmarks.phantoms.spheres import make_case
+    from cascade_landmarks.bench.phantoms.spheres import make_case
 
     tight = write_volume(make_case(7, size=(40, 40, 12))[0], tmp_path / "tight.nrrd")  # 18 mm; the model sees 60
     run = DetectionRun(mrml_scene, _load_volume_node(mrml_scene, tight), trained_model_path).start()
@@ -144,6 +143,7 @@ def test_cancel_stops_the_background_process(mrml_scene, oblique_case_file, trai
     assert run.status == "Cancelled"
 
 
+@pytest.mark.slow
 def test_saved_corrected_cases_are_accepted_by_train_and_logged(
     mrml_scene, oblique_case_file, trained_model_path, tmp_path, monkeypatch
 ):
@@ -163,7 +163,7 @@ def test_saved_corrected_cases_are_accepted_by_train_and_logged(
     assert ",patient_7,model,sphere 1,2.00," in log[1]
     assert len(log) == 1 + 2 * 3
     # The folder is what `cascade-landmarks train` reads: the check passes, landmarks inside the volume.
-    from cascade_landmarks.phantoms.spheres import SPHERES_SET
+    from cascade_landmarks.bench.phantoms.spheres import SPHERES_SET
 
     assert [c.files.name for c in check_cases(find_cases(folder), SPHERES_SET)] == ["patient_7", "patient_8"]
 
@@ -240,7 +240,9 @@ def test_a_cancelled_fine_tuning_leaves_no_checkpoint_to_block_the_next(
     mrml_scene, trained_model_path, synthetic_data, tmp_path
 ):
     folder = synthetic_data / "train"
-    run = FineTuneRun(folder, str(trained_model_path), output=tmp_path / "tuned.pt", stage2_iterations=100000)
+    run = FineTuneRun(
+        folder, str(trained_model_path), output=tmp_path / "tuned.pt", stage1_iterations=0, stage2_iterations=100000
+    )
     run.start()
     # What a run killed after its first checkpoint leaves beside its output (training writes one every 200 steps).
     checkpoint_path(run.output).write_bytes(b"checkpoint")
@@ -249,4 +251,5 @@ def test_a_cancelled_fine_tuning_leaves_no_checkpoint_to_block_the_next(
     assert not checkpoint_path(run.output).exists()
     # A checkpoint left by a run that was killed outright (Slicer closed) keeps its name from being reused.
     checkpoint_path(tmp_path / "model-fine-tuned.pt").write_bytes(b"checkpoint")
-    assert FineTuneRun(tmp_path, str(trained_model_path)).output == tmp_path / "model-fine-tuned-2.pt"
+    again = FineTuneRun(tmp_path, str(trained_model_path), stage1_iterations=1, stage2_iterations=1)
+    assert again.output == tmp_path / "model-fine-tuned-2.pt"

@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from cascade_landmarks import Landmarks, write_landmarks
-from cascade_landmarks.config import FINE_TUNING_LEARNING_RATE, TrainingConfig
-from cascade_landmarks.detector import detect
-from cascade_landmarks.modelfile import load_model, model_from_state
-from cascade_landmarks.phantoms.spheres import SPHERES_SET, make_case, write_cases, write_set
-from cascade_landmarks.training import checkpoint_path, train
+from cascade_landmarks.bench.phantoms.spheres import SPHERES_SET, make_case, write_cases, write_set
+from cascade_landmarks.inference.detector import detect
+from cascade_landmarks.model.model_file import load_model, model_from_state
+from cascade_landmarks.training.config import FINE_TUNING_LEARNING_RATE, TrainingConfig
+from cascade_landmarks.training.run_files import checkpoint_path
+from cascade_landmarks.training.trainer import train
 
 from conftest import TINY_MODEL_SETTINGS
 
@@ -81,6 +82,7 @@ def _train_command(data: Path, output: Path, *extra: str) -> list[str]:
             *TINY_FLAGS, *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_killed_training_resumes_where_it_stopped_and_ends_as_if_never_stopped(
     tmp_path, synthetic_data, trained_model_path
 ):
@@ -152,14 +154,17 @@ def test_the_cosine_schedule_falls_from_the_learning_rate_to_zero_over_each_stag
 
 
 def test_a_resumed_run_names_the_given_settings_it_does_not_use(capsys):
-    from cascade_landmarks.training import _warn_of_ignored_settings
+    from cascade_landmarks.progress import TerminalReporter
+    from cascade_landmarks.training.trainer import _warn_of_ignored_settings
 
     checkpoint = TrainingConfig(stage2_iterations=40, learning_rate=1e-4, device="cuda")
-    _warn_of_ignored_settings(TrainingConfig(stage2_iterations=40, learning_rate=1e-4), checkpoint, True)
+    _warn_of_ignored_settings(TrainingConfig(stage2_iterations=40, learning_rate=1e-4), checkpoint, TerminalReporter())
     assert capsys.readouterr().err == ""  # another device is allowed: a run may resume on another machine
-    _warn_of_ignored_settings(TrainingConfig(), checkpoint, True)
+    _warn_of_ignored_settings(TrainingConfig(), checkpoint, TerminalReporter())
     assert capsys.readouterr().err == ""  # defaults: what the command line gives for options not typed
-    _warn_of_ignored_settings(TrainingConfig(stage2_iterations=90000, learning_rate=1e-4), checkpoint, True)
+    _warn_of_ignored_settings(
+        TrainingConfig(stage2_iterations=90000, learning_rate=1e-4), checkpoint, TerminalReporter()
+    )
     assert capsys.readouterr().err == (
         "Warning: A resumed run keeps its checkpoint's training settings; not used: stage2_iterations 90000 "
         "(the checkpoint's: 40).\n"
@@ -173,6 +178,7 @@ def test_resume_without_a_checkpoint_says_so(tmp_path, synthetic_data):
     assert "Nothing to resume" in result.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_train_with_torchrun_on_gloo(tmp_path, synthetic_data):
     output = tmp_path / "ddp.pt"
     command = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "cascade_landmarks.cli",
@@ -251,8 +257,9 @@ def _no_leftover_process_group():
 
 @pytest.mark.parametrize("near_share", [0.0, 0.5])
 def test_the_near_share_of_stage2_patches_is_centred_close_to_the_landmark(synthetic_data, near_share):
-    from cascade_landmarks.config import CascadeConfig
-    from cascade_landmarks.data import NEAR_RADIUS, check_cases, find_cases, prepare_case, stage2_batch
+    from cascade_landmarks.io.cases import check_cases, find_cases
+    from cascade_landmarks.model.config import CascadeConfig
+    from cascade_landmarks.training.batches import NEAR_RADIUS, prepare_case, stage2_batch
 
     config = CascadeConfig.default(SPHERES_SET, stage1_spacing_mm=3.0, stage1_grid=(20, 20, 20),
                                    stage2_spacing_mm=1.5, patch_size=16, unet_depth=2)  # fmt: skip
@@ -272,9 +279,9 @@ def test_the_near_share_of_stage2_patches_is_centred_close_to_the_landmark(synth
 
 def test_the_stage1_grid_covers_a_volume_whose_voxel_axes_are_not_l_p_s(tmp_path):
     """A sagittal MRI's i axis may run along S: the stage-1 grid (along L, P, S) must cover the volume's LPS box."""
-    from cascade_landmarks.data import check_cases, find_cases
-    from cascade_landmarks.detector import field_of_view_warnings
-    from cascade_landmarks.training import default_config
+    from cascade_landmarks.inference.detector import field_of_view_warnings
+    from cascade_landmarks.io.cases import check_cases, find_cases
+    from cascade_landmarks.training.trainer import default_config
 
     from conftest import rotation
 

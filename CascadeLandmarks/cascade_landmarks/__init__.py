@@ -1,19 +1,21 @@
 """CascadeLandmarks engine: anatomical landmark detection with the cascade regression model of Tan et al.
 
-Importable with no Slicer at all (numpy, SimpleITK; torch once a model is used). The pipeline, by file:
+Importable with no Slicer at all (numpy, SimpleITK; torch once a model is used). Its folders follow a volume from
+file to points:
 
-- in: ``coordinates`` (voxel index <-> LPS/RAS mm, every conversion), ``volumes`` (read, check, resample, write
-  with the geometry), ``landmarks`` (``.mrk.json``, ``.fcsv``, long CSV), ``landmark_sets`` (which landmarks)
-- what the networks see: ``preprocessing`` (intensity window, stage-1 grid, stage-2 patches), ``heatmaps``
-  (stage-1 targets and sub-voxel decoding), ``augmentation`` (training-time transforms)
-- the networks: ``models/heatmap_unet`` (stage 1), ``models/displacement_cnn`` (stage 2), ``losses``
-- training: ``data`` (cases and samples), ``config`` (model and training settings as data), ``training``
-- out: ``detector`` (volume -> points with confidence), ``modelfile`` (the ``.pt`` file, no pickle),
-  ``model_registry`` (shipped and user models), ``evaluation`` and ``figures`` (errors, tables, plots)
-- Slicer: ``slicer_bridge`` (MRML nodes <-> engine objects), ``slicer_workflow`` (the module's Logic work),
-  ``background`` (commands in another process)
-- benchmarks: ``phantom_benchmark`` (the paper's tables on ``phantoms``), ``afids_benchmark``, ``benchmarks``
-  (speed and memory); and ``cli``, the ``cascade-landmarks`` command
+- ``io/``: files in and out, no torch: ``coordinates`` (voxel index <-> LPS/RAS mm, every conversion),
+  ``volumes``, ``landmarks`` (``.mrk.json``, ``.fcsv``, long CSV), ``landmark_sets``, ``cases`` (folders and
+  manifests of annotated volumes), ``resources``, ``atomic_files``;
+- ``model/``: ``heatmap_unet`` (stage 1) and ``heatmaps``, ``displacement_cnn`` (stage 2), ``losses``, ``config``,
+  ``model_file`` (the ``.pt`` file, no pickle), ``registry`` (models by name), ``devices``;
+- ``inference/``: ``preprocessing`` (what the networks see), ``detector`` (volume -> points), ``detection`` (the
+  record it gives, as JSON);
+- ``training/``: ``config``, ``batches``, ``augmentation``, ``trainer`` (the loop), ``checkpoints``,
+  ``distributed``;
+- ``evaluation/``: ``errors`` (errors in mm and their tables), ``metrics``, ``figures`` (QC images, error plot);
+- ``bench/``: research tooling: ``phantoms``, ``paper_tables``, ``afids``, ``speed``, ``bundling``;
+- ``slicer/``: ``bridge`` (MRML nodes), ``workflow`` (the module's point lists), ``runs`` and ``background``;
+- ``progress`` (progress and warnings, for people and programs) and ``cli`` (the ``cascade-landmarks`` command).
 
 ``detect``, ``evaluate``, ``train``, ``load_model`` and ``save_model`` are here too, imported on first use (they
 need torch).
@@ -21,25 +23,26 @@ need torch).
 
 from __future__ import annotations
 
-from .coordinates import Geometry, lps_to_ras, ras_to_lps
-from .landmark_sets import LandmarkDefinition, LandmarkSet, available_landmark_sets, load_landmark_set
-from .landmarks import (
+from .inference.detection import Detection
+from .io.coordinates import Geometry, lps_to_ras, ras_to_lps
+from .io.landmark_sets import LandmarkDefinition, LandmarkSet, available_landmark_sets, load_landmark_set
+from .io.landmarks import (
     Landmarks,
     read_landmarks,
     read_landmarks_csv,
     write_landmarks,
     write_landmarks_csv,
 )
-from .volumes import Volume, crop_or_pad, read_volume, resample, write_volume
+from .io.volumes import Volume, crop_or_pad, read_volume, resample, write_volume
 
 __version__ = "0.1.0"
 
 _NEED_TORCH = {
-    "detect": "detector",
-    "evaluate": "evaluation",
-    "train": "training",
-    "load_model": "modelfile",
-    "save_model": "modelfile",
+    "detect": "inference.detector",
+    "evaluate": "evaluation.errors",
+    "train": "training.trainer",
+    "load_model": "model.model_file",
+    "save_model": "model.model_file",
 }
 
 
@@ -53,6 +56,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "Detection",
     "Geometry",
     "LandmarkDefinition",
     "LandmarkSet",

@@ -1,4 +1,5 @@
-"""The ``cascade-landmarks`` command.
+"""The ``cascade-landmarks`` command. Commands that need torch import it when they run, so that ``info``,
+``convert``, ``sets`` and ``phantom`` start at once.
 
 - ``train DATA -o MODEL --landmarks SET``: train both stages on a folder of cases (or a CSV manifest); also
   fine-tuning (``--init-from``), resuming after a kill (``--resume``) and, under ``torchrun``, several processes;
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -26,41 +28,49 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic_files import write_text_atomically
-from .augmentation import PRESETS as AUGMENTATION_PRESETS
-from .augmentation import with_settings
-from .config import DETECTION_SETTINGS, FINE_TUNING_LEARNING_RATE, LEARNING_RATE_SCHEDULES, TrainingConfig
-from .detector import detect, write_detections_csv
-from .evaluation import evaluate, write_tables
-from .figures import PLOT_NEEDS_VTK, can_plot, quality_control_image, write_error_plot, write_png
-from .landmark_sets import available_landmark_sets, load_landmark_set
-from .landmarks import LANDMARK_SUFFIXES, Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
-from .model_registry import resolve_model
-from .modelfile import load_model
-from .phantoms import FORMATS as PHANTOM_FORMATS
-from .phantoms import PHANTOMS, phantom, write_phantoms
-from .preprocessing import IntensityWindow
-from .progress import PROGRESS_FORMATS, ProgressBar, set_progress_format, warn
-from .training import export_checkpoint, train
-from .volumes import Volume, case_name, read_volume, values_at, write_volume
+from .bench.phantoms import FORMATS as PHANTOM_FORMATS
+from .bench.phantoms import PHANTOMS, phantom, write_phantoms
+from .inference.detection import write_detections_csv
+from .io.atomic_files import write_text_atomically
+from .io.landmark_sets import available_landmark_sets, load_landmark_set
+from .io.landmarks import LANDMARK_SUFFIXES, Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
+from .io.volumes import Volume, case_name, read_volume, values_at, write_volume
+from .model.config import DETECTION_SETTINGS, IntensityWindow
+from .model.registry import names_a_file, register_model
+from .progress import JsonReporter, TerminalReporter
+from .training.config import FINE_TUNING_LEARNING_RATE, LEARNING_RATE_SCHEDULES, PRESETS, TrainingConfig, with_settings
 
 DEMO_MODEL = "cardiac-5-phantom"
 DEMO_SEED = 20001  # not among the benchmark's training or test seeds
 PASSES_HELP = "how many times stage 2 refines each point, from a patch centred where the last pass left it"
+PROGRESS_FORMATS = ("bar", "json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    set_progress_format(args.progress_format)
+    """Run the command; its exit code: 0 done, 2 refused (a message says what to change), 1 failed otherwise."""
+    args = _build_parser().parse_args(argv)
+    show = not getattr(args, "quiet", False)
+    args.reporter = JsonReporter(progress=show) if args.progress_format == "json" else TerminalReporter(progress=show)
     try:
         return args.run(args)
     except ValueError as error:
-        print(f"cascade-landmarks {args.command}: {error}", file=sys.stderr)
+        _report_error(args, str(error))
         return 2
     except BrokenPipeError:  # the reader stopped early (``cascade-landmarks sets | head``): nothing went wrong
         sys.stderr.close()
         return 0
+    except Exception as error:
+        if not isinstance(args.reporter, JsonReporter):
+            raise  # a person at a terminal gets the traceback, to report it
+        _report_error(args, f"{type(error).__name__}: {error}")
+        return 1
+
+
+def _report_error(args: argparse.Namespace, message: str) -> None:
+    """Say why the command stopped: on standard error, and as the last JSON message for a program."""
+    print(f"cascade-landmarks {args.command}: {message}", file=sys.stderr)
+    if isinstance(args.reporter, JsonReporter):
+        args.reporter.send({"type": "error", "message": message})
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -71,19 +81,26 @@ def _build_parser() -> argparse.ArgumentParser:
         "--progress-format",
         choices=PROGRESS_FORMATS,
         default="bar",
-        help="bar: progress bars on standard error; json: one JSON object per line on standard output",
+        help="bar: progress bars on standard error; json: messages for a program, one JSON object per line on "
+        "standard output (progress, warnings, then the result or the error)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train_parser, _add_export_parser, _add_detect_parser, _add_evaluate_parser, _add_bench_parsers,
+                _add_file_parsers, _add_phantom_parser, _add_demo_parser):  # fmt: skip
+        add(commands)
+    return parser
 
-    _add_train_parser(commands)
-    _add_detect_parser(commands)
-    _add_evaluate_parser(commands)
+
+def _add_export_parser(commands) -> None:
     export = commands.add_parser(
         "export-checkpoint", help="write the model a training run had reached at its last checkpoint"
     )
     export.add_argument("checkpoint", help="MODEL.pt.checkpoint, beside a training run's output")
     export.add_argument("-o", "--output", required=True, help="model file to write (.pt); must not exist")
     export.set_defaults(run=_run_export_checkpoint)
+
+
+def _add_bench_parsers(commands) -> None:
     bench = commands.add_parser(
         "benchmark", help="the paper's tables on synthetic phantoms: write phantoms, train, evaluate, report"
     )
@@ -122,6 +139,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     afids.set_defaults(run=_run_benchmark_afids)
 
+
+def _add_file_parsers(commands) -> None:
     info = commands.add_parser("info", help="show a volume's geometry and where landmarks fall in it")
     info.add_argument("volume", help="volume file (.nrrd, .nii.gz, .mha, ...) or DICOM folder")
     info.add_argument("landmarks", nargs="?", help="landmark file (.mrk.json or .fcsv)")
@@ -141,6 +160,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sets.add_argument("name", nargs="?", help="a landmark set, e.g. cardiac-5")
     sets.set_defaults(run=_run_sets)
 
+
+def _add_phantom_parser(commands) -> None:
     make_phantoms = commands.add_parser("phantom", help="write synthetic CTA phantoms with exactly known landmarks")
     make_phantoms.add_argument(
         "kind", choices=sorted(PHANTOMS), help="cardiac (cardiac-5 landmarks) or aortic (aortic-9)"
@@ -156,11 +177,12 @@ def _build_parser() -> argparse.ArgumentParser:
     make_phantoms.add_argument("--format", choices=sorted(PHANTOM_FORMATS), default="nrrd", help="volume file format")
     make_phantoms.set_defaults(run=_run_phantom)
 
+
+def _add_demo_parser(commands) -> None:
     demo = commands.add_parser("demo", help="detect with the bundled cardiac model on a new synthetic phantom")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     demo.add_argument("--output", default="demo-output", help="folder for the results (default: %(default)s)")
     demo.set_defaults(run=_run_demo)
-    return parser
 
 
 def _add_train_parser(commands) -> None:
@@ -171,6 +193,11 @@ def _add_train_parser(commands) -> None:
     train.add_argument("--init-from", help="fine-tune this model (file or registered name) on the data")
     train.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    train.add_argument(
+        "--register",
+        action="store_true",
+        help="add the trained model to your model list (with --init-from a registered model: as its next version)",
+    )
     defaults = TrainingConfig()
     schedule = train.add_argument_group("schedule")
     schedule.add_argument("--stage1-iterations", type=int, default=defaults.stage1_iterations)
@@ -201,7 +228,7 @@ def _add_train_parser(commands) -> None:
     )
     schedule.add_argument(
         "--augmentation",
-        choices=sorted(AUGMENTATION_PRESETS),
+        choices=sorted(PRESETS),
         default="none",
         help="random transforms and intensity changes: none (the paper, CTA) or one-shot (one annotated image)",
     )
@@ -235,12 +262,16 @@ def _add_train_parser(commands) -> None:
 
 
 def _run_export_checkpoint(args: argparse.Namespace) -> int:
+    from .training.trainer import export_checkpoint
+
     model = export_checkpoint(args.checkpoint, args.output)
     print(f"Wrote {args.output}: {model.training['stopped']}. The checkpoint is kept for train --resume.")
     return 0
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from .training.trainer import train
+
     if not args.resume:
         _keep_existing(Path(args.output), args.overwrite)
     defaults = TrainingConfig()
@@ -256,7 +287,7 @@ def _run_train(args: argparse.Namespace) -> int:
         validate_every=args.validate_every,
         checkpoint_every=args.checkpoint_every,
         device=args.device,
-        augmentation=with_settings(AUGMENTATION_PRESETS[args.augmentation], args.augmentation_setting),
+        augmentation=with_settings(PRESETS[args.augmentation], args.augmentation_setting),
         stage2_near_share=args.stage2_near_share,
     )
     settings = {
@@ -279,16 +310,30 @@ def _run_train(args: argparse.Namespace) -> int:
         args.output,
         landmark_set=args.landmarks,
         training=training,
-        init_from=resolve_model(args.init_from) if args.init_from else None,
+        init_from=args.init_from,
         resume=args.resume,
-        progress=not args.quiet,
+        progress=args.reporter,
         config_settings=settings,
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one process speaks
+        return 0
     errors = model.training.get("validation_error_mm", {})
-    if int(os.environ.get("RANK", "0")) == 0:
-        stage1, cascade = _mm(errors.get("stage1")), _mm(errors.get("cascade"))
-        print(f"Wrote {args.output}. Validation error: stage 1 {stage1}, cascade {cascade}.")
+    stage1, cascade = _mm(errors.get("stage1")), _mm(errors.get("cascade"))
+    print(f"Wrote {args.output}. Validation error: stage 1 {stage1}, cascade {cascade}.", file=_text_stream(args))
+    result = {"type": "result", "model": str(args.output)}
+    if args.register:
+        parent = None if args.init_from is None or names_a_file(args.init_from) else args.init_from
+        entry = register_model(args.output, parent=parent)
+        print(f"Registered it as {entry.name}.", file=_text_stream(args))
+        result["registered"] = dataclasses.asdict(entry)
+    if isinstance(args.reporter, JsonReporter):
+        args.reporter.send(result)
     return 0
+
+
+def _text_stream(args: argparse.Namespace):
+    """Where a command's summary goes: standard output, or standard error when standard output carries JSON."""
+    return sys.stderr if isinstance(args.reporter, JsonReporter) else sys.stdout
 
 
 def _keep_existing(path: Path, overwrite: bool) -> None:
@@ -357,7 +402,10 @@ def _given_detection_settings(args: argparse.Namespace) -> dict:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    model = load_model(resolve_model(args.model))
+    from .inference.detector import detect
+    from .model.model_file import load_model
+
+    model = load_model(args.model)
     settings = _given_detection_settings(args)
     output = Path(args.output)
     names = [case_name(path) for path in args.volumes]
@@ -370,29 +418,40 @@ def _run_detect(args: argparse.Namespace) -> int:
             f"{', '.join(str(p) for p in existing)} already exist(s) (a folder of cases keeps its reference "
             "landmarks under these names): choose another output folder, or add --overwrite to replace them."
         )
-    bar = ProgressBar(100 * len(args.volumes), "detecting", enabled=not args.quiet)
+    reporter = args.reporter
+    task = reporter.task("detecting", 100 * len(args.volumes))
     detections = {}
     for index, (name, path) in enumerate(zip(names, args.volumes, strict=True)):
 
-        def report(step: str, fraction: float, index=index, name=name) -> None:
-            bar.update(int(100 * (index + fraction)), case=name, step=step)
+        def report(fraction: float, step: str, index=index, name=name) -> None:
+            task.update(int(100 * (index + fraction)), case=name, step=step)
 
         detection = detect(path, model, device=args.device, progress=report, **settings)
         write_landmarks(detection.landmarks(), output / f"{name}.mrk.json", coordinate_system=args.coordinate_system)
         detections[name] = detection
-        bar.update(100 * (index + 1), flagged=int(detection.flagged.sum()))
+        task.update(100 * (index + 1), flagged=int(detection.flagged.sum()))
         for warning in detection.warnings:
-            warn(warning, case=name)
-    bar.close()
+            reporter.warn(warning, case=name)  # shown with --quiet too
+        if isinstance(args.reporter, JsonReporter):
+            args.reporter.send({"type": "result", "case": name, "detection": detection.to_dict()})
+    task.close()
     write_detections_csv(detections, output / "detections.csv", coordinate_system=args.coordinate_system)
+    print(_detect_summary(detections, output), file=_text_stream(args))
+    return 0
+
+
+def _detect_summary(detections: dict, output: Path) -> str:
     flagged = sum(int(d.flagged.sum()) for d in detections.values())
-    print(f"Wrote {len(detections)} .mrk.json files and detections.csv to {output}.")
-    print(f"{flagged} landmark(s) flagged for checking (low confidence; the flagged column of detections.csv).")
+    lines = [
+        f"Wrote {len(detections)} .mrk.json files and detections.csv to {output}.",
+        f"{flagged} landmark(s) flagged for checking (low confidence, or outside the volume; the flagged column of "
+        "detections.csv).",
+    ]
     for name, detection in detections.items():
         labels = [label for label, low in zip(detection.labels, detection.flagged, strict=True) if low]
         if labels:
-            print(f"  {name}: {', '.join(labels)}")
-    return 0
+            lines.append(f"  {name}: {', '.join(labels)}")
+    return "\n".join(lines)
 
 
 def _add_evaluate_parser(commands) -> None:
@@ -408,6 +467,9 @@ def _add_evaluate_parser(commands) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.errors import evaluate, write_tables
+    from .evaluation.figures import PLOT_NEEDS_VTK, can_plot, quality_control_image, write_error_plot, write_png
+
     output = Path(args.output)
 
     def quality_control(name, volume, detection, reference):
@@ -416,12 +478,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     plot = can_plot()
     if not plot:  # said before the long part, not after it
-        warn(f"{PLOT_NEEDS_VTK} Without it, errors.png is skipped; the tables and quality-control images are not.")
+        args.reporter.warn(
+            f"{PLOT_NEEDS_VTK} Without it, errors.png is skipped; the tables and quality-control images are not."
+        )
     evaluation = evaluate(
         args.model,
         args.data,
         device=args.device,
-        progress=not args.quiet,
+        progress=args.reporter,
         on_case=quality_control,
         **_given_detection_settings(args),
     )
@@ -434,7 +498,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_benchmark(args: argparse.Namespace) -> int:
-    from .phantom_benchmark import run_benchmark
+    from .bench.paper_tables import run_benchmark
 
     size = "quick" if args.quick else "full"
     report = run_benchmark(
@@ -446,14 +510,14 @@ def _run_benchmark(args: argparse.Namespace) -> int:
 
 
 def _run_benchmark_speed(args: argparse.Namespace) -> int:
-    from .benchmarks import detection_speed
+    from .bench.speed import detection_speed
 
     print(detection_speed(size=args.size, model_path=args.model, device=args.device, repeats=args.repeats))
     return 0
 
 
 def _run_benchmark_afids(args: argparse.Namespace) -> int:
-    from .afids_benchmark import afids_benchmark
+    from .bench.afids import afids_benchmark
 
     print(afids_benchmark(args.data, args.model, args.output, device=args.device, bundle=args.bundle))
     return 0
@@ -463,11 +527,11 @@ def _run_phantom(args: argparse.Namespace) -> int:
     if args.cases < 1:
         raise ValueError(f"--cases must be at least 1, not {args.cases}.")
     seeds = range(args.seed, args.seed + args.cases)
-    bar = ProgressBar(args.cases, f"{args.kind} phantoms")
+    task = args.reporter.task(f"{args.kind} phantoms", args.cases)
     written = write_phantoms(
-        args.kind, args.output, seeds, spacing_mm=args.spacing, file_format=args.format, on_case=bar.update
+        args.kind, args.output, seeds, spacing_mm=args.spacing, file_format=args.format, on_case=task.update
     )
-    bar.close()
+    task.close()
     print(
         f"Wrote {len(written)} {args.kind} phantoms (synthetic; seeds {seeds.start}-{seeds.stop - 1}) to {args.output}."
     )
@@ -522,7 +586,11 @@ def _run_sets(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     """Make a cardiac phantom, detect its landmarks with the bundled model, score them against the truth."""
-    model = load_model(resolve_model(DEMO_MODEL))
+    from .evaluation.figures import quality_control_image, write_png
+    from .inference.detector import detect
+    from .model.model_file import load_model
+
+    model = load_model(DEMO_MODEL)
     volume, truth = phantom("cardiac").make_case(DEMO_SEED, spacing_mm=model.config.stage2_spacing_mm)
     output = Path(args.output)
     write_volume(volume, output / "phantom.nrrd")
@@ -531,10 +599,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     detection = detect(volume, model, device=args.device)
     write_landmarks(detection.landmarks(), output / "detected.mrk.json", coordinate_system="RAS")
     write_png(output / "landmarks.png", quality_control_image(volume, truth, detection))
-    errors = {
-        stage: np.linalg.norm(positions - truth.positions_lps, axis=1)
-        for stage, positions in (("stage1", detection.stage1_lps), ("cascade", detection.positions_lps))
-    }
+    errors = detection.errors_mm(truth.positions_lps)
     table = [f"{'landmark':28s} {'stage 1':>8s} {'cascade':>8s} {'confidence':>11s}", "-" * 58]
     for n, label in enumerate(detection.labels):
         flag = "  check" if detection.flagged[n] else ""
