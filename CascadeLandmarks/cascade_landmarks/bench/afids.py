@@ -73,7 +73,7 @@ def afids_benchmark(
         f"Figure of record: the {len(kept)} fiducials where the raters agree; all 32 beside it.",
         "",
         f"{'':34s}{f'{len(kept)} fiducials (of record)':^32s}  {'all 32':^32s}",
-        f"{'':34s}" + f"{'mean':>8s}{'median':>8s}{'<=2 mm':>8s}{'<=4 mm':>8s}" * 2,
+        f"{'':34s}" + "  ".join([f"{'mean':>8s}{'median':>8s}{'<=2 mm':>8s}{'<=4 mm':>8s}"] * 2),
         _summary_line("no model (template coordinates)", reference.no_model_mm, kept),
         _summary_line("human raters", reference.raters_mm, kept),
     ]
@@ -90,7 +90,7 @@ def afids_benchmark(
         if name == JUDGED_VARIANT:
             judged = detection
     lines += ["", *_split_raters_lines(reference, judged.positions_lps)]
-    summary = "\n".join(lines).rstrip()
+    summary = "\n".join(line.rstrip() for line in lines).rstrip()
     if bundle:
         cascade_mm = judged.errors_mm(reference.consensus.positions_lps)["cascade"]
         summary += "\n\n" + _bundle(resolve_model(model), loaded, summary, cascade_mm, reference)
