@@ -113,6 +113,8 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.run = None  # the detection or fine-tuning under way
         self.runButton = None  # the name of its button, which cancels it
         self.pointListNode = None  # the list the table shows
+        self.tooOld = False  # in a Slicer older than MINIMUM_SLICER the module only says so
+        self.installingTorch = False
         self.idleText = {}  # the job buttons' labels (from the .ui file) while no job runs
         self.readyTips = {}  # the buttons' tooltips (from the .ui file) when they can be clicked
 
@@ -120,7 +122,10 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.setup(self)
         tooOld = slicerTooOld()
         if tooOld:
-            self.layout.addWidget(qt.QLabel(tooOld))
+            self.tooOld = True
+            label = qt.QLabel(tooOld)
+            label.wordWrap = True
+            self.layout.addWidget(label)
             return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CascadeLandmarks.ui"))
         self.layout.addWidget(uiWidget)
@@ -144,15 +149,18 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
-        if self.run is not None and self.run.running:
+        if self.run is not None:
+            self.logic.unwatch(self.run)
             self.run.cancel()
         self.removeObservers()
 
     def enter(self):
-        self.initializeParameterNode()
+        if not self.tooOld:
+            self.initializeParameterNode()
 
     def exit(self):
-        self.setParameterNode(None)
+        if not self.tooOld:
+            self.disconnectParameterNode()
 
     def onSceneStartClose(self, caller, event):
         if self.run is not None and self.run.running and self.run.scene_bound:
@@ -160,7 +168,7 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
+        if self.parent.isEntered and not self.tooOld:
             self.initializeParameterNode()
 
     # --- the parameter node ----------------------------------------------------------------------------------
@@ -174,12 +182,16 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode.model and self.ui.modelSelector.count:
             self._parameterNode.model = self.ui.modelSelector.itemData(0)
 
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode is not None:
+    def disconnectParameterNode(self):
+        """Stop showing the parameter node (leaving the module): the widgets no longer follow it."""
+        if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def setParameterNode(self, inputParameterNode):
+        self.disconnectParameterNode()
         self._parameterNode = inputParameterNode
-        self._parameterNodeGuiTag = None
         if self._parameterNode is not None:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
@@ -191,9 +203,16 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         if parameters is not None:
             index = self.ui.modelSelector.findData(parameters.model)
+            if index < 0 and self.ui.modelSelector.count:  # a scene's model not registered here: the one shown
+                parameters.model = self.ui.modelSelector.itemData(max(self.ui.modelSelector.currentIndex, 0))
+                return  # the change calls this again
             if index >= 0 and index != self.ui.modelSelector.currentIndex:
                 self.ui.modelSelector.setCurrentIndex(index)
-            if self.ui.trainingFolderSelector.currentPath != parameters.trainingFolder:
+            shown = self.ui.trainingFolderSelector.currentPath
+            if not parameters.trainingFolder and shown:  # the folder Slicer's settings restored, kept
+                parameters.trainingFolder = shown
+                return
+            if shown != parameters.trainingFolder:
                 self.ui.trainingFolderSelector.currentPath = parameters.trainingFolder
         pointList = parameters.outputPointList if parameters is not None else None
         if pointList is not self.pointListNode:
@@ -207,6 +226,11 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onTrainingFolderChosen(self, path):
         if self._parameterNode is not None:
             self._parameterNode.trainingFolder = path
+
+    def takeTrainingFolder(self):
+        """The training folder as its line edit shows it now (an emptied field sends no change of its own)."""
+        self._parameterNode.trainingFolder = self.ui.trainingFolderSelector.currentPath
+        return self._parameterNode.trainingFolder
 
     def updateButtons(self):
         """Each button enabled only when its inputs are there (a tooltip says what is missing); while a job runs,
@@ -223,26 +247,32 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.toolTip = reason or self.readyTips.get(name, "")
 
     def backgroundVolume(self):
-        """The volume shown in the red slice view, or None."""
+        """The greyscale volume shown in the red slice view, or None (a label map, vector or diffusion volume is
+        not one the input selector lists)."""
         layoutManager = slicer.app.layoutManager()
         if layoutManager is None or layoutManager.sliceWidget("Red") is None:
             return None
         volumeID = layoutManager.sliceWidget("Red").sliceLogic().GetSliceCompositeNode().GetBackgroundVolumeID()
-        return slicer.mrmlScene.GetNodeByID(volumeID) if volumeID else None
+        node = slicer.mrmlScene.GetNodeByID(volumeID) if volumeID else None
+        return node if node is not None and node.GetClassName() == "vtkMRMLScalarVolumeNode" else None
 
     def refreshModels(self, select=None):
         """List the registered models; select ``select`` (a name) in the list and the parameter node."""
-        self.ui.modelSelector.blockSignals(True)
-        self.ui.modelSelector.clear()
-        with slicer.util.tryWithErrorDisplay("Cannot list the models.", waitCursor=False):
+        selector = self.ui.modelSelector
+        selector.blockSignals(True)
+        try:
+            selector.clear()
             for entry in self.logic.availableModels():
-                self.ui.modelSelector.addItem(f"{entry.name} ({entry.landmark_set})", entry.name)
-                self.ui.modelSelector.setItemData(self.ui.modelSelector.count - 1, entry.description, qt.Qt.ToolTipRole)
-        self.ui.modelSelector.blockSignals(False)
+                selector.addItem(f"{entry.name} ({entry.landmark_set})", entry.name)
+                selector.setItemData(selector.count - 1, entry.description, qt.Qt.ToolTipRole)
+        except Exception as error:  # a damaged registry: a message box, and the list as far as it got
+            slicer.util.errorDisplay(f"Cannot list the models.\n\n{error}")
+        finally:
+            selector.blockSignals(False)
         if select is not None and self._parameterNode is not None:
             self._parameterNode.model = select
-        elif self._parameterNode is not None:
-            self.onParameterNodeModified()
+        if self._parameterNode is not None:
+            self.onParameterNodeModified()  # the list shows the parameter node's model again
 
     def onAddModelButton(self):
         path = qt.QFileDialog.getOpenFileName(
@@ -298,8 +328,10 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = run.status
         if run.warnings:
             slicer.util.warningDisplay("\n\n".join(run.warnings), windowTitle=TITLE)
-        if hasattr(result, "GetID"):  # a detection gives a point list
-            self._parameterNode.outputPointList = result
+        if hasattr(result, "GetID"):  # a detection gives a point list: the output, shown in the table
+            parameters = self._parameterNode or self.logic.getParameterNode()  # (the module may have been left)
+            parameters.outputPointList = result
+            self.setPointListNode(result)
         else:  # fine-tuning gives a registry entry
             self.refreshModels(select=result.name)
 
@@ -307,6 +339,8 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """True when torch can be imported; otherwise offer to install it through the PyTorch extension."""
         if self.logic.torchAvailable():
             return True
+        if self.installingTorch:  # a second click while the first one's installation runs
+            return False
         try:
             import PyTorchUtils
         except ImportError:
@@ -318,20 +352,22 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         question = "CascadeLandmarks needs PyTorch, which is not installed yet. Install it now (a few minutes)?"
         if not slicer.util.confirmOkCancelDisplay(question, windowTitle=TITLE):
             return False
+        self.installingTorch = True
         slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
         try:
-            installed = PyTorchUtils.PyTorchUtilsLogic().installTorch(torchVersionRequirement=TORCH_REQUIREMENT)
-            problem = None if installed is not None else "the installation was cancelled"
+            PyTorchUtils.PyTorchUtilsLogic().installTorch(torchVersionRequirement=TORCH_REQUIREMENT)
+            problem = None
         except Exception as error:  # pip failed (CalledProcessError), no PythonSlicer, torch does not import
             problem = str(error) or type(error).__name__
         finally:
             slicer.app.restoreOverrideCursor()
+            self.installingTorch = False
         if problem:
             slicer.util.errorDisplay(f"PyTorch could not be installed: {problem}")
         return problem is None
 
     def onDetectButton(self):
-        if self.run is not None and self.run.running:  # the button reads Cancel
+        if self.run is not None:  # the button reads Cancel (the run may have just ended: the timer shows it)
             self.cancelRun()
             return
         if not self.ensureTorch():
@@ -348,7 +384,7 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.startedRun(run, "detectButton", "Cancel", message or "Detecting...")
 
     def onFineTuneButton(self):
-        if self.run is not None and self.run.running:  # the button reads Cancel fine-tuning
+        if self.run is not None:  # the button reads Cancel fine-tuning
             self.cancelRun()
             return
         if not self.ensureTorch():
@@ -357,7 +393,7 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         device, message = self.logic.resolveDevice(DEVICES[parameters.device])
         with slicer.util.tryWithErrorDisplay("Cannot start fine-tuning.", waitCursor=True):
             run = self.logic.startFineTuning(
-                parameters.trainingFolder,
+                self.takeTrainingFolder(),
                 parameters.model,
                 stage1Iterations=parameters.stage1Iterations,
                 stage2Iterations=parameters.stage2Iterations,
@@ -389,7 +425,7 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPointModified(self, caller, event, callData=None):
         """While a point is dragged, only its row changes (the selection stays); several points at once (no
         index given), the whole table."""
-        if callData is None or callData >= caller.GetNumberOfControlPoints():
+        if callData is None or not 0 <= callData < caller.GetNumberOfControlPoints():
             self.updateTable()
             return
         label = caller.GetNthControlPointLabel(callData)
@@ -457,7 +493,7 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 volumePath, pointsPath = self.logic.saveCorrectedCase(
                     parameters.inputVolume,
                     self.pointListNode,
-                    parameters.trainingFolder,
+                    self.takeTrainingFolder(),
                     caseName=parameters.caseName or None,
                     overwrite=overwrite,
                 )
@@ -528,20 +564,22 @@ class CascadeLandmarksLogic(ScriptedLoadableModuleLogic):
             if progressCallback:
                 progressCallback(fraction, status)
             if not run.running:
-                timer.stop()
+                self.unwatch(run)
                 if finishedCallback:
                     finishedCallback(run)
 
         timer.connect("timeout()", poll)
-        run.timer = timer  # kept alive as long as the run
+        run.timer, run.pollSlot = timer, poll  # the timer lives as long as the run is watched
         timer.start()
 
     @staticmethod
     def unwatch(run):
-        """Stop polling ``run``."""
+        """Stop polling ``run``, and let its timer go (Qt holds the slot, and with it the run, until disconnected)."""
         timer = getattr(run, "timer", None)
         if timer is not None:
             timer.stop()
+            timer.disconnect("timeout()", run.pollSlot)
+            run.timer = run.pollSlot = None
 
     # --- the workflow (MRML work in cascade_landmarks.slicer) ---------------------------------------------
 
@@ -577,10 +615,12 @@ class CascadeLandmarksLogic(ScriptedLoadableModuleLogic):
 
     def startDetection(self, volumeNode, model, outputNode=None, device="auto"):
         """Start detection in a background process; poll the returned run, then call its ``finish()``."""
+        from cascade_landmarks.model.registry import resolve_model
         from cascade_landmarks.slicer.runs import DetectionRun
 
         if not model:
             raise ValueError("Pick a model first (or add one from a file).")
+        resolve_model(model)  # an unknown name, a missing file or a damaged shipped one: said now, not later
         run = DetectionRun(
             slicer.mrmlScene,
             volumeNode,
@@ -665,12 +705,14 @@ class CascadeLandmarksLogic(ScriptedLoadableModuleLogic):
                         stage2Iterations=FINE_TUNING_STAGE2_ITERATIONS, device="auto"):  # fmt: skip
         """Start fine-tuning ``model`` on the corrected cases in ``folder`` in a background process; the run's
         ``finish()`` gives the new version's registry entry."""
+        from cascade_landmarks.model.registry import resolve_model
         from cascade_landmarks.slicer.runs import FineTuneRun
 
         if not model:
             raise ValueError("Pick the model to fine-tune first.")
         if not folder:
             raise ValueError("Choose the training folder with the corrected cases first.")
+        resolve_model(model)
         run = FineTuneRun(
             folder,
             model,

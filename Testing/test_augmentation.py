@@ -105,11 +105,11 @@ def test_a_mirror_swaps_the_labels_of_paired_landmarks():
     volume = _dots_volume()
     sampler = AugmentingSampler(Sampler(volume, IntensityWindow("fixed", 0.0, 1.0)))
     case = TrainingCase(
-        name="dots", stage1_input=None, stage1_grid=None, stage1_ijk=None, regions=None, margin=0,
-        landmarks_lps=DOTS_LPS, twins=PAIRED.twin_permutation(), centre_lps=np.zeros(3),
+        name="dots", stage1_input=None, stage1_grid=None, regions=None, margin=0, landmarks_lps=DOTS_LPS,
+        known=np.ones(3, bool), twins=PAIRED.twin_permutation(), centre_lps=np.zeros(3),
         extent_mm=volume.geometry.extent_mm,
     )  # fmt: skip
-    transform, labelled = case.random_view(Augmentation(mirror_probability=1.0), np.random.default_rng(0))
+    transform, labelled, _ = case.random_view(Augmentation(mirror_probability=1.0), np.random.default_rng(0))
     assert transform.mirrored
     # "R" is still on the patient's right (negative L), and it is the dot that was the left one.
     assert labelled[0, 0] < 0
@@ -121,14 +121,14 @@ def test_a_mirror_swaps_the_labels_of_paired_landmarks():
 
 def test_a_draw_that_folds_space_is_drawn_again_and_settings_that_always_fold_are_refused():
     case = TrainingCase(
-        name="dots", stage1_input=None, stage1_grid=None, stage1_ijk=None, regions=None, margin=0,
-        landmarks_lps=DOTS_LPS, twins=PAIRED.twin_permutation(), centre_lps=np.zeros(3), extent_mm=np.full(3, 64.0),
+        name="dots", stage1_input=None, stage1_grid=None, regions=None, margin=0, landmarks_lps=DOTS_LPS,
+        known=np.ones(3, bool), twins=PAIRED.twin_permutation(), centre_lps=np.zeros(3), extent_mm=np.full(3, 64.0),
     )  # fmt: skip
     # 4 mm control spacing on this 64 mm box: a 1.5 mm displacement folds space about one draw in five (so twenty
     # draws meet a fold with near certainty), 10 mm always does.
     rng = np.random.default_rng(0)
     for _ in range(20):
-        transform, moved = case.random_view(Augmentation(elastic_mm=1.5, elastic_grid=17), rng)
+        transform, moved, _ = case.random_view(Augmentation(elastic_mm=1.5, elastic_grid=17), rng)
         np.testing.assert_allclose(transform.to_input(moved), DOTS_LPS, atol=1e-5)  # each draw used is exact
     with pytest.raises(ValueError, match=r"dots: 10 random transforms in a row folded space\..*lower elastic_mm"):
         case.random_view(Augmentation(elastic_mm=10.0, elastic_grid=17), rng)
@@ -177,9 +177,9 @@ def test_the_defaults_leave_cta_training_as_it_was(synthetic_data):
                                    stage2_spacing_mm=1.5, patch_size=16, unet_depth=2)  # fmt: skip
     case = prepare_case(check_cases(find_cases(synthetic_data / "train"), SPHERES_SET)[0], config)
     assert case.augmenter is None
-    volume, _ = stage1_batch([case], 1, np.random.default_rng(0), config)
+    volume, _, _ = stage1_batch([case], 1, np.random.default_rng(0), config)
     np.testing.assert_array_equal(volume[0, 0].numpy(), case.stage1_input)  # the image itself, untouched
-    patches, targets = stage2_batch([case], 1, np.random.default_rng(0), config)
+    patches, targets, _ = stage2_batch([case], 1, np.random.default_rng(0), config)
     assert patches.shape == (1, 3, 16, 16, 16)
     assert np.all(np.abs(targets.numpy()) % 1.5 < 1e-6)  # offsets on the stage-2 voxel grid, as before
 
@@ -195,7 +195,7 @@ def test_augmented_batches_put_the_targets_where_the_landmarks_went(synthetic_da
     augmentation = Augmentation(rotation_degrees=20.0, translation_mm=5.0)
     case = prepare_case(check_cases(find_cases(synthetic_data / "train"), SPHERES_SET)[0], config,
                         augmentation=augmentation)  # fmt: skip
-    volume, targets = stage1_batch([case], 1, np.random.default_rng(4), config, augmentation)
+    volume, targets, _ = stage1_batch([case], 1, np.random.default_rng(4), config, augmentation)
     peaks, _ = decode_peaks(targets[0, 1:].numpy())
     # The brightest sphere (landmark 3) is where its target heat peaks: bright input under the peak.
     i, j, k = np.rint(peaks[2]).astype(int)

@@ -44,7 +44,7 @@ def test_statistics_and_success_rates_by_hand():
     assert check["flagged"] == 2
     assert check["mean_error_flagged_mm"] == pytest.approx(4.0)
     table = evaluation.markdown()
-    assert "| a | 2.17 +- 0.85 | 2.50 | 3.00 | 33% | 67% | 100% | 100% |" in table
+    assert "| a | 3 | 2.17 +- 0.85 | 2.50 | 3.00 | 33% | 67% | 100% | 100% |" in table
 
 
 def test_tied_confidences_give_one_correlation_whatever_the_case_order():
@@ -66,8 +66,8 @@ def test_a_label_with_a_pipe_stays_in_its_markdown_cell():
     evaluation = _evaluation(np.ones((3, 2)), np.ones((3, 2)), np.full((3, 2), 0.9))
     evaluation.labels = ["left | upper", "b"]
     row = next(line for line in evaluation.markdown().splitlines() if line.startswith("| left"))
-    assert row.startswith("| left \\| upper | 1.00 +- 0.00 |")
-    assert row.replace("\\|", "").count("|") == 9  # the header's eight cells
+    assert row.startswith("| left \\| upper | 3 | 1.00 +- 0.00 |")
+    assert row.replace("\\|", "").count("|") == 10  # the header's nine cells
 
 
 def _png_size(path: Path) -> tuple[int, int]:

@@ -122,19 +122,35 @@ def test_an_fcsv_that_names_no_coordinate_system_is_refused(tmp_path):
 
 @pytest.mark.parametrize("system", ["LPS", "RAS"])
 def test_long_csv_round_trip_keeps_cases_labels_descriptions_and_order(tmp_path, oblique_landmarks, system):
-    second = Landmarks(["b", "a"], [[1.0, 2.0, 3.0], [np.nan] * 3], ["x", "y"])
+    second = Landmarks(["b", "a", "c"], [[1.0, 2.0, 3.0], [np.nan] * 3, [np.nan] * 3], ["x", "y", ""],
+                       missing=[False, False, True])  # fmt: skip
     path = write_landmarks_csv(
         {"case 1": oblique_landmarks, "case2": second}, tmp_path / "all.csv", coordinate_system=system
     )
     header, first_row = path.read_text(encoding="utf-8").splitlines()[:2]
-    assert header == "case,landmark,x,y,z,coordinate_system,description"
+    assert header == "case,landmark,x,y,z,coordinate_system,description,status"
     assert first_row.startswith("case 1,apex cordis,")
     assert f",{system}," in first_row
     cases = read_landmarks_csv(path)
     assert list(cases) == ["case 1", "case2"]
     _assert_same(cases["case 1"], oblique_landmarks)
-    assert cases["case2"].labels == ["b", "a"]
-    assert cases["case2"].defined.tolist() == [True, False]
+    assert cases["case2"].labels == ["b", "a", "c"]
+    assert cases["case2"].statuses == ["defined", "undefined", "missing"]
+
+
+@pytest.mark.parametrize("system", ["LPS", "RAS"])
+def test_a_missing_point_stays_missing_and_an_unplaced_one_unplaced_in_markups_json(tmp_path, system):
+    landmarks = Landmarks(["placed", "unplaced", "out of view"], [[1.0, 2.0, 3.0], [np.nan] * 3, [4.0, 5.0, 6.0]],
+                          missing=[False, False, True])  # fmt: skip
+    assert landmarks.statuses == ["defined", "undefined", "missing"]
+    assert np.isnan(landmarks.positions_lps[2]).all()  # a missing point has no position
+    path = write_landmarks(landmarks, tmp_path / "points.mrk.json", coordinate_system=system)
+    points = json.loads(path.read_text())["markups"][0]["controlPoints"]
+    assert [p["positionStatus"] for p in points] == ["defined", "undefined", "missing"]
+    assert "position" not in points[2]
+    back = read_landmarks(path)
+    assert back.statuses == landmarks.statuses
+    np.testing.assert_allclose(back.positions_lps[0], [1.0, 2.0, 3.0])
 
 
 def test_unknown_landmark_file_types_are_refused(tmp_path):

@@ -121,11 +121,26 @@ def test_an_unplaced_point_in_an_fcsv_slicer_wrote_stays_unplaced(tmp_path, mrml
     np.testing.assert_allclose(read.positions_lps[0], [1.0, 2.0, 3.0], atol=1e-6)
 
 
-def test_unplaced_points_survive_the_bridge(mrml_scene):
-    landmarks = Landmarks(["placed", "missing"], [[1.0, 2.0, 3.0], [np.nan] * 3])
+def test_missing_and_unplaced_points_survive_the_bridge_and_slicers_own_files(mrml_scene, tmp_path):
+    landmarks = Landmarks(["placed", "unplaced", "out of view"], [[1.0, 2.0, 3.0], [np.nan] * 3, [np.nan] * 3],
+                          missing=[False, False, True])  # fmt: skip
     node = landmarks_to_node(landmarks, mrml_scene)
-    assert node.GetNthControlPointPositionStatus(1) == node.PositionMissing
-    assert landmarks_from_node(node).defined.tolist() == [True, False]
+    assert [node.GetNthControlPointPositionStatus(i) for i in range(3)] == [
+        node.PositionDefined,
+        node.PositionUndefined,
+        node.PositionMissing,
+    ]
+    assert landmarks_from_node(node).statuses == ["defined", "undefined", "missing"]
+    # Slicer's own storage node writes the list, and reads the engine's file, with the same statuses.
+    storage = _add_storage_node(mrml_scene, "vtkMRMLMarkupsJsonStorageNode")
+    storage.SetFileName(str(tmp_path / "slicer.mrk.json"))
+    assert storage.WriteData(node) == 1
+    assert read_landmarks(tmp_path / "slicer.mrk.json").statuses == ["defined", "undefined", "missing"]
+    write_landmarks(landmarks, tmp_path / "engine.mrk.json")
+    loaded = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    storage.SetFileName(str(tmp_path / "engine.mrk.json"))
+    assert storage.ReadData(loaded) == 1
+    assert [loaded.GetNthControlPointPositionStatus(i) for i in range(3)] == [2, 0, 3]
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz"])

@@ -56,6 +56,10 @@ class _Qt(types.ModuleType):
         def stop(self):
             self.active = False
 
+        def disconnect(self, signal, slot):
+            assert slot is self.slot
+            self.slot = None
+
     class QLabel:
         def __init__(self, text=""):
             self.text = text
@@ -340,12 +344,14 @@ def test_jobs_cannot_cancel_each_other_and_closing_the_scene_cancels_only_a_dete
     volume_node = _volume_node(mrml_scene, synthetic_data / "test" / "case100.nrrd")
     run = DetectionRun(mrml_scene, volume_node, trained_model_path).start()
     widget.startedRun(run, "detectButton", "Cancel", "Detecting...")
-    assert run.timer.active  # polled by the Logic's timer
+    timer = run.timer
+    assert timer.active  # polled by the Logic's timer
     assert (widget.ui.detectButton.text, widget.ui.detectButton.enabled) == ("Cancel", True)
     assert not widget.ui.fineTuneButton.enabled  # a click there cannot cancel the detection
     widget.onDetectButton()  # the button reads Cancel
     assert not run.running
-    assert not run.timer.active
+    assert not timer.active
+    assert timer.slot is None  # disconnected: Qt no longer holds the run
     assert widget.run is None
     assert widget.ui.statusLabel.text == "Cancelled."
     assert (widget.ui.detectButton.text, widget.ui.fineTuneButton.text) == (
@@ -403,6 +409,31 @@ def test_dragging_a_point_updates_its_row_only_and_a_missing_point_is_not_jumped
     assert jumps == [(node.GetID(), 0, True)]
 
 
+def test_a_detection_into_the_list_the_table_shows_fills_the_table(module, mrml_scene, trained_model_path,
+                                                                   synthetic_data):  # fmt: skip
+    """The points and their record go into a list that is already shown (picked as output, empty): the table
+    shows the new detection once it is done."""
+    import time
+
+    from cascade_landmarks.slicer.runs import DetectionRun
+
+    widget = _widget(module)
+    widget.initializeParameterNode()
+    picked = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "picked")
+    widget._parameterNode.outputPointList = picked
+    assert widget.ui.landmarkTable.rowCount == 0
+    volume_node = _volume_node(mrml_scene, synthetic_data / "test" / "case100.nrrd")
+    run = DetectionRun(mrml_scene, volume_node, trained_model_path, output_node=picked).start()
+    widget.startedRun(run, "detectButton", "Cancel", "Detecting...")
+    while run.running:
+        time.sleep(0.05)
+    run.timer.slot()  # the timer's next tick: the run has ended
+    assert widget.run is None
+    table = widget.ui.landmarkTable
+    assert [table.item(row, 0).text() for row in range(table.rowCount)] == ["sphere 1", "sphere 2", "sphere 3"]
+    assert widget.ui.statusLabel.text.startswith("Done: ")
+
+
 def test_in_a_slicer_too_old_the_module_says_so_instead_of_failing(module, monkeypatch):
     monkeypatch.setattr(slicer, "app", SimpleNamespace(majorVersion=5, minorVersion=8, layoutManager=lambda: None))
     widget = module.CascadeLandmarksWidget.__new__(module.CascadeLandmarksWidget)
@@ -412,3 +443,5 @@ def test_in_a_slicer_too_old_the_module_says_so_instead_of_failing(module, monke
     widget.setup()
     assert shown[0].text.startswith("CascadeLandmarks needs 3D Slicer 5.10 or newer (its Python 3.12); this is ")
     assert not hasattr(widget, "ui")  # nothing of the engine was loaded
+    widget.enter()  # entering and leaving the module do nothing more
+    widget.exit()

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -35,8 +36,8 @@ from .io.atomic_files import write_text_atomically
 from .io.landmark_sets import available_landmark_sets, load_landmark_set
 from .io.landmarks import LANDMARK_SUFFIXES, Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
 from .io.volumes import Volume, case_name, read_volume, values_at, write_volume
-from .model.config import DETECTION_SETTINGS, IntensityWindow
-from .model.registry import names_a_file, register_model
+from .model.config import DETECTION_SETTINGS, STAGE1_MODES, IntensityWindow
+from .model.registry import available_models, names_a_file, register_model
 from .progress import JsonReporter, TerminalReporter
 from .training.config import FINE_TUNING_LEARNING_RATE, LEARNING_RATE_SCHEDULES, PRESETS, TrainingConfig, with_settings
 
@@ -52,7 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     show = not getattr(args, "quiet", False)
     args.reporter = JsonReporter(progress=show) if args.progress_format == "json" else TerminalReporter(progress=show)
     try:
-        return args.run(args)
+        if not isinstance(args.reporter, JsonReporter):
+            return args.run(args)
+        with contextlib.redirect_stdout(sys.stderr):  # standard output carries the messages, and only them
+            code = args.run(args)
+        if not args.reporter.results:
+            args.reporter.send({"type": "result"})  # done, with nothing more to say
+        return code
     except ValueError as error:
         _report_error(args, str(error))
         return 2
@@ -238,12 +245,32 @@ def _add_train_parser(commands) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="change one setting of the --augmentation preset, e.g. elastic_grid=9 (repeatable; names in "
-        "cascade_landmarks.augmentation.Augmentation)",
+        "cascade_landmarks.training.config.Augmentation)",
     )
-    model = train.add_argument_group("model (defaults fitted to the data; ignored with --init-from or --resume)")
+    _add_model_options(
+        train.add_argument_group("model (defaults fitted to the data; ignored with --init-from or --resume)")
+    )
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(run=_run_train)
+
+
+def _add_model_options(model) -> None:
+    """How a new model is built (``train``'s options; a fine-tuned or resumed model keeps its own)."""
     model.add_argument("--stage1-spacing", type=float, help="stage-1 voxel size in mm (default: 4 x stage 2)")
-    model.add_argument("--stage1-grid", type=int, nargs=3, metavar=("I", "J", "K"), help="stage-1 grid in voxels")
-    model.add_argument("--stage1-mode", choices=["whole", "patch"], default="whole")
+    model.add_argument(
+        "--stage1-grid",
+        type=int,
+        nargs=3,
+        metavar=("I", "J", "K"),
+        help="stage-1 grid in voxels (extent mode: the training cubes' size)",
+    )
+    model.add_argument(
+        "--stage1-mode",
+        choices=STAGE1_MODES,
+        default="whole",
+        help="whole: the paper's fixed grid; patch: its ablation; extent: any field of view, trained on cubes cut "
+        "anywhere (default: %(default)s)",
+    )
     model.add_argument("--stage1-patch-size", type=int, default=48)
     model.add_argument("--stage2-spacing", type=float, help="stage-2 voxel size in mm (default: the data's)")
     model.add_argument("--patch-size", type=int, default=64, help="stage-2 patch edge in voxels")
@@ -257,8 +284,6 @@ def _add_train_parser(commands) -> None:
         default="fixed:-1000:2000",
         help="fixed:LOW:HIGH (HU) or percentile:LOW:HIGH (default: %(default)s)",
     )
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
-    train.set_defaults(run=_run_train)
 
 
 def _run_export_checkpoint(args: argparse.Namespace) -> int:
@@ -272,6 +297,8 @@ def _run_export_checkpoint(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from .training.trainer import train
 
+    if args.register:  # refused before hours of training, not after
+        _check_registration(args)
     if not args.resume:
         _keep_existing(Path(args.output), args.overwrite)
     defaults = TrainingConfig()
@@ -319,21 +346,30 @@ def _run_train(args: argparse.Namespace) -> int:
         return 0
     errors = model.training.get("validation_error_mm", {})
     stage1, cascade = _mm(errors.get("stage1")), _mm(errors.get("cascade"))
-    print(f"Wrote {args.output}. Validation error: stage 1 {stage1}, cascade {cascade}.", file=_text_stream(args))
+    print(f"Wrote {args.output}. Validation error: stage 1 {stage1}, cascade {cascade}.")
     result = {"type": "result", "model": str(args.output)}
     if args.register:
-        parent = None if args.init_from is None or names_a_file(args.init_from) else args.init_from
-        entry = register_model(args.output, parent=parent)
-        print(f"Registered it as {entry.name}.", file=_text_stream(args))
+        entry = register_model(args.output, parent=_registered_parent(args, model))
+        print(f"Registered it as {entry.name}.")
         result["registered"] = dataclasses.asdict(entry)
-    if isinstance(args.reporter, JsonReporter):
-        args.reporter.send(result)
+    args.reporter.send(result)
     return 0
 
 
-def _text_stream(args: argparse.Namespace):
-    """Where a command's summary goes: standard output, or standard error when standard output carries JSON."""
-    return sys.stderr if isinstance(args.reporter, JsonReporter) else sys.stdout
+def _check_registration(args: argparse.Namespace) -> None:
+    """Refuse ``--register`` when the registry cannot take the model: a damaged registry, or the output file's name
+    taken by a shipped model (when it is registered under its file's name)."""
+    names = [entry.name for entry in available_models() if entry.bundled]
+    name = Path(args.output).name.removesuffix(".pt")
+    if _registered_parent(args) is None and not args.resume and name in names:
+        raise ValueError(f"{name} is the name of a shipped model: give the output file another name to --register it.")
+
+
+def _registered_parent(args: argparse.Namespace, model=None) -> str | None:
+    """The registered model a training continues, for ``--register`` (with ``--resume``: the one the checkpoint's
+    run was fine-tuned from); None when it started from a file or from nothing."""
+    origin = args.init_from or (model.training.get("fine_tuned_from") if model is not None else None)
+    return None if origin is None or names_a_file(origin) else origin
 
 
 def _keep_existing(path: Path, overwrite: bool) -> None:
@@ -374,6 +410,13 @@ def _add_detect_parser(commands) -> None:
 def _add_detection_options(parser, defaults: str) -> None:
     """The detection settings (``config.DETECTION_SETTINGS``), which may change on a trained model."""
     parser.add_argument("--stage2-passes", type=int, help=f"{PASSES_HELP} ({defaults})")
+    parser.add_argument(
+        "--presence-threshold",
+        type=float,
+        metavar="PEAK",
+        help=f"a landmark whose heatmap peak is below PEAK (0-1) is not in view ({defaults}; training an extent "
+        "model sets it from its validation cases)",
+    )
     parser.add_argument(
         "--stage2-tolerance",
         dest="stage2_tolerance_mm",
@@ -432,11 +475,10 @@ def _run_detect(args: argparse.Namespace) -> int:
         task.update(100 * (index + 1), flagged=int(detection.flagged.sum()))
         for warning in detection.warnings:
             reporter.warn(warning, case=name)  # shown with --quiet too
-        if isinstance(args.reporter, JsonReporter):
-            args.reporter.send({"type": "result", "case": name, "detection": detection.to_dict()})
+        args.reporter.send({"type": "result", "case": name, "detection": detection.to_dict()})
     task.close()
     write_detections_csv(detections, output / "detections.csv", coordinate_system=args.coordinate_system)
-    print(_detect_summary(detections, output), file=_text_stream(args))
+    print(_detect_summary(detections, output))
     return 0
 
 
@@ -502,7 +544,13 @@ def _run_benchmark(args: argparse.Namespace) -> int:
 
     size = "quick" if args.quick else "full"
     report = run_benchmark(
-        args.output, kinds=args.sets, size=size, device=args.device, bundle=args.bundle, real_data=args.real_data
+        args.output,
+        kinds=args.sets,
+        size=size,
+        device=args.device,
+        bundle=args.bundle,
+        real_data=args.real_data,
+        progress=args.reporter,
     )
     print(report)
     print(f"Wrote {Path(args.output) / 'report.md'} and report.json (figures on synthetic phantoms).")

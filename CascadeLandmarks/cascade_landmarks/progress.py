@@ -57,9 +57,13 @@ class Task:
     def close(self) -> None:
         self.reporter.finish(self)
 
-    def seconds_left(self, now: float) -> float | None:
+    def rate(self, now: float) -> float:
+        """Steps per second since the task started (or resumed)."""
         elapsed = now - self._started
-        rate = (self.count - self._start_count) / elapsed if elapsed > 0 else 0.0
+        return (self.count - self._start_count) / elapsed if elapsed > 0 else 0.0
+
+    def seconds_left(self, now: float) -> float | None:
+        rate = self.rate(now)
         return (self.total - self.count) / rate if rate > 0 else None
 
     def message(self, now: float) -> dict:
@@ -77,9 +81,7 @@ class Task:
 
     def line(self, now: float) -> str:
         """The progress as one line of text."""
-        elapsed = now - self._started
-        rate = (self.count - self._start_count) / elapsed if elapsed > 0 else 0.0
-        left = self.seconds_left(now)
+        rate, left = self.rate(now), self.seconds_left(now)
         parts = [f"{self.description} {self.count}/{self.total} {100 * self.count / self.total:3.0f}%"]
         parts += [f"{name} {value}" for name, value in self.metrics.items()]
         parts.append(f"{rate:.2f} it/s")
@@ -102,6 +104,9 @@ class Reporter:
 
     def warn(self, message: str, *, case: str | None = None) -> None:
         """Something the user should know about a result (of ``case``, if given)."""
+
+    def send(self, message: dict) -> None:
+        """A message for a program reading this one (a result); nothing for a person, who reads the summary."""
 
 
 class TerminalReporter(Reporter):
@@ -145,9 +150,11 @@ class JsonReporter(Reporter):
     def __init__(self, stream: TextIO | None = None, *, progress: bool = True):
         self.stream = stream or sys.stdout
         self.progress = progress
+        self.results = 0  # how many results were sent
 
     def send(self, message: dict) -> None:
         """Write one message (a dictionary with a ``type``) as a line."""
+        self.results += message.get("type") == "result"
         self.stream.write(json.dumps(message) + "\n")
         self.stream.flush()
 

@@ -32,6 +32,7 @@ from ..io.landmark_sets import load_landmark_set
 from ..io.landmarks import read_landmarks
 from ..io.volumes import read_volume
 from ..model.model_file import CascadeModel, load_model
+from ..progress import Reporter
 from ..training.config import FINE_TUNING_LEARNING_RATE, TrainingConfig
 from ..training.run_files import checkpoint_path
 from ..training.trainer import train
@@ -117,7 +118,7 @@ def run_benchmark(
     kinds=("cardiac", "aortic"),
     size: str = "full",
     device: str = "auto",
-    progress: bool = True,
+    progress: bool | Reporter = True,
     bundle: bool = False,
     real_data: str | os.PathLike | None = None,
 ) -> str:
@@ -155,7 +156,9 @@ def run_benchmark(
     return report
 
 
-def _run_one(kind: str, folder: Path, plan: BenchmarkSize, device: str, progress: bool) -> dict[str, Evaluation]:
+def _run_one(
+    kind: str, folder: Path, plan: BenchmarkSize, device: str, progress: bool | Reporter
+) -> dict[str, Evaluation]:
     _claim_folder(folder, plan)
     settings = SETTINGS[kind]
     spacing = (settings["spacing_mm"] * plan.voxel_scale,) * 3

@@ -1,7 +1,11 @@
 """Evaluation: errors in millimetres per landmark and overall, stage 1 alone beside the cascade, as in the paper's
-tables, plus success rates and whether the confidence tells good points from bad ones.
+tables, plus success rates, whether the confidence tells good points from bad ones, and how often the in-view
+decision is right.
 
-All errors are Euclidean distances in physical space (mm) between detected and reference points.
+All errors are Euclidean distances in physical space (mm) between detected and reference points, over the
+landmarks the reference places and the detection finds in view. A reference may be annotated in part: a landmark
+it marks missing is known not to be in the image (a point reported for it is a false point); one it does not
+place at all is not scored.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ class Evaluation:
     Attributes:
         labels: landmark labels, in the model's order.
         case_names: one per case.
-        errors_mm: per stage ("stage1", "cascade"), shape (cases, landmarks).
+        errors_mm: per stage ("stage1", "cascade"), shape (cases, landmarks); NaN where the reference places no
+            point or the detection finds none in view.
         confidence, flagged: the cascade's confidence and flag per case and landmark.
         detections, references: per case, what was found and what is true.
         raters_mm: optional human bar: each rater placement's distance to the reference, shape
@@ -63,10 +68,11 @@ class Evaluation:
     ) -> Evaluation:
         """The errors of ``detections`` against ``references`` (one each per case, in the model's order)."""
         errors = [d.errors_mm(r.positions_lps) for d, r in zip(detections, references, strict=True)]
+        in_view = np.stack([d.in_view for d in detections])
         return cls(
             labels=list(detections[0].labels),
             case_names=list(case_names),
-            errors_mm={stage: np.stack([e[stage] for e in errors]) for stage in STAGES},
+            errors_mm={stage: np.where(in_view, np.stack([e[stage] for e in errors]), np.nan) for stage in STAGES},
             confidence=np.stack([d.confidence for d in detections]),
             flagged=np.stack([d.flagged for d in detections]),
             detections=list(detections),
@@ -94,12 +100,35 @@ class Evaluation:
             rows.append(row)
         return rows
 
+    def in_view_counts(self) -> list[dict]:
+        """How often the in-view decision is right, per landmark and a last row "all": ``found`` (placed in the
+        reference and in view), ``missed`` (placed, but not in view), ``absent`` (missing in the reference and not
+        in view), ``false`` (missing in the reference, yet given a point), ``unscored`` (not placed in the
+        reference, nor missing)."""
+        placed = np.stack([r.defined for r in self.references])
+        missing = np.stack([r.missing for r in self.references])
+        in_view = np.stack([d.in_view for d in self.detections])
+        kinds = {
+            "found": placed & in_view,
+            "missed": placed & ~in_view,
+            "absent": missing & ~in_view,
+            "false": missing & in_view,
+            "unscored": ~placed & ~missing,
+        }
+        rows = [
+            {"landmark": label, **{k: int(v[:, n].sum()) for k, v in kinds.items()}}
+            for n, label in enumerate(self.labels)
+        ]
+        return [*rows, {"landmark": "all", **{k: int(v.sum()) for k, v in kinds.items()}}]
+
     def confidence_check(self) -> dict:
         """Does low confidence go with large error? Rank correlation of confidence and cascade error (negative is
-        good), and the mean error of flagged and unflagged landmarks."""
+        good), and the mean error of flagged and unflagged landmarks (those scored)."""
         errors = self.errors_mm["cascade"].ravel()
-        confidence = self.confidence.ravel()
-        flagged = self.flagged.ravel()
+        scored = np.isfinite(errors)
+        errors = errors[scored]
+        confidence = self.confidence.ravel()[scored]
+        flagged = self.flagged.ravel()[scored]
         return {
             "spearman_confidence_vs_error": spearman(confidence, errors),
             "flagged": int(flagged.sum()),
@@ -114,25 +143,26 @@ class Evaluation:
         lines = [
             f"# {title}",
             "",
-            f"{len(self.case_names)} cases. Errors are Euclidean distances in mm; success rates are the share of "
-            "landmarks within each radius.",
+            f"{len(self.case_names)} cases. Errors are Euclidean distances in mm, over the landmarks the reference "
+            "places and the detection finds in view (n); success rates are the share of them within each radius.",
             "",
         ]
         for stage in self.columns:
             lines += [
                 f"## {STAGE_TITLES[stage].capitalize()}",
                 "",
-                f"| landmark | mean +- std | median | max | {radii} |",
-                "|---|---|---|---|" + "---|" * len(SUCCESS_RADII_MM),
+                f"| landmark | n | mean +- std | median | max | {radii} |",
+                "|---|---|---|---|---|" + "---|" * len(SUCCESS_RADII_MM),
             ]
             for row in self.rows():
-                rates = " | ".join(f"{100 * row[f'{stage}_within_{r:g}mm']:.0f}%" for r in SUCCESS_RADII_MM)
+                rates = " | ".join(_percent(row[f"{stage}_within_{r:g}mm"]) for r in SUCCESS_RADII_MM)
                 name = f"**{row['landmark']}**" if row["landmark"] == "all" else markdown_cell(row["landmark"])
-                lines.append(
-                    f"| {name} | {row[f'{stage}_mean']:.2f} +- {row[f'{stage}_std']:.2f} | "
-                    f"{row[f'{stage}_median']:.2f} | {row[f'{stage}_max']:.2f} | {rates} |"
+                mean, std, median, largest = (
+                    _format(row[f"{stage}_{key}"]) for key in ("mean", "std", "median", "max")
                 )
+                lines.append(f"| {name} | {row[f'{stage}_count']} | {mean} +- {std} | {median} | {largest} | {rates} |")
             lines.append("")
+        lines += self._in_view_lines()
         check = self.confidence_check()
         lines += [
             "## Confidence",
@@ -146,6 +176,31 @@ class Evaluation:
         ]
         return "\n".join(lines)
 
+    def _in_view_lines(self) -> list[str]:
+        """The in-view decision's table, when a reference marks a landmark missing or a detection finds one out of
+        view (else nothing: every landmark was there and found)."""
+        if not self.detections:  # errors given without their detections: nothing to say
+            return []
+        counts = self.in_view_counts()
+        if not counts[-1]["missed"] + counts[-1]["absent"] + counts[-1]["false"]:
+            return []
+        lines = [
+            "## In view",
+            "",
+            "Found: placed in the reference and found in view. Missed: placed, but reported not in view. Absent: "
+            "missing in the reference (not in the image) and reported so. False: missing, yet given a point. "
+            "Unscored: neither placed nor missing in the reference.",
+            "",
+            "| landmark | found | missed | absent | false | unscored |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in counts:
+            name = f"**{row['landmark']}**" if row["landmark"] == "all" else markdown_cell(row["landmark"])
+            lines.append(
+                f"| {name} | {row['found']} | {row['missed']} | {row['absent']} | {row['false']} | {row['unscored']} |"
+            )
+        return [*lines, ""]
+
     def csv_text(self) -> str:
         """The per-landmark statistics of :meth:`rows` as CSV."""
         rows = self.rows()
@@ -157,20 +212,25 @@ class Evaluation:
         return buffer.getvalue()
 
     def errors_csv_text(self) -> str:
-        """Every case and landmark: errors of both stages, confidence and flag."""
+        """Every case and landmark: errors of both stages (empty where not scored), confidence, flag, whether it
+        was found in view, and the reference's status ("defined", "missing", "undefined")."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["case", "landmark", "stage1_error_mm", "cascade_error_mm", "confidence", "flagged"])
+        writer.writerow(["case", "landmark", "stage1_error_mm", "cascade_error_mm", "confidence", "flagged",
+                         "in_view", "reference"])  # fmt: skip
         for c, case in enumerate(self.case_names):
+            statuses = self.references[c].statuses
             for n, label in enumerate(self.labels):
+                errors = [self.errors_mm[stage][c, n] for stage in STAGES]
                 writer.writerow(
                     [
                         case,
                         label,
-                        f"{self.errors_mm['stage1'][c, n]:.4f}",
-                        f"{self.errors_mm['cascade'][c, n]:.4f}",
+                        *(f"{e:.4f}" if np.isfinite(e) else "" for e in errors),
                         f"{self.confidence[c, n]:.4f}",
                         int(self.flagged[c, n]),
+                        int(self.detections[c].in_view[n]),
+                        statuses[n],
                     ]
                 )
         return buffer.getvalue()
@@ -228,4 +288,8 @@ def markdown_cell(text: str) -> str:
 
 
 def _format(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.2f}"
+
+
+def _percent(share: float) -> str:
+    return "n/a" if not np.isfinite(share) else f"{100 * share:.0f}%"

@@ -1,9 +1,10 @@
 """Pictures of the results: quality-control slices through each landmark, and the error plot.
 
-- Quality control (numpy only): for each case one PNG, a row per landmark with its axial, coronal and sagittal
-  slice through the reference point; the reference is drawn as a green cross, stage 1 as a yellow one, the
-  cascade as a red one (a cross is drawn where the point lies within a slice thickness of the plane, a small
-  square where it lies further off). Views follow the radiological convention: patient right on image left.
+- Quality control (drawn with numpy, written by SimpleITK): for each case one PNG, a row per landmark with its
+  axial, coronal and sagittal slice through the reference point; the reference is drawn as a green cross, stage 1
+  as a yellow one, the cascade as a red one (a cross is drawn where the point lies within a slice thickness of the
+  plane, a small square where it lies further off). Views follow the radiological convention: patient right on
+  image left.
 - Error plot (VTK, rendered offscreen): mean error per landmark, stage 1 beside the cascade.
 """
 

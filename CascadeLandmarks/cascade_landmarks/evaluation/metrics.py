@@ -10,7 +10,12 @@ SUCCESS_RADII_MM = (2.0, 2.5, 3.0, 4.0)
 
 
 def statistics(values: np.ndarray, *, prefix: str) -> dict:
-    """Mean, std, median, max and the success rates of ``values`` (mm), each key starting with ``prefix``."""
+    """Mean, std, median, max and the success rates of the finite ``values`` (mm; NaN: not scored), and how many
+    there are, each key starting with ``prefix``; NaN statistics when there are none."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return {f"{prefix}{key}": float("nan") for key in _KEYS} | {f"{prefix}count": 0}
     stats = {
         f"{prefix}mean": float(np.mean(values)),
         f"{prefix}std": float(np.std(values)),
@@ -19,7 +24,10 @@ def statistics(values: np.ndarray, *, prefix: str) -> dict:
     }
     for radius in SUCCESS_RADII_MM:
         stats[f"{prefix}within_{radius:g}mm"] = float(np.mean(values <= radius))
-    return stats
+    return stats | {f"{prefix}count": len(values)}
+
+
+_KEYS = ("mean", "std", "median", "max", *(f"within_{radius:g}mm" for radius in SUCCESS_RADII_MM))
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -38,13 +38,14 @@ class Detection:
 
     Attributes:
         labels, descriptions: from the landmark set, one each per landmark.
-        positions_lps: the cascade's answer, LPS mm, shape (N, 3).
+        positions_lps: the cascade's answer, LPS mm, shape (N, 3) (for a landmark not in view, where it would be).
         stage1_lps: stage 1 alone, LPS mm, shape (N, 3).
         heatmap_peak: stage-1 peak height relative to the training target's height, in [0, 1], shape (N,).
         stage2_shift_mm: how far stage 2 moved each point from stage 1's, over all its passes, mm, shape (N,).
         confidence: in [0, 1], shape (N,).
         flagged: the points to check first: low confidence, or not in view; bool, shape (N,).
-        in_view: whether each landmark lies in the volume, bool, shape (N,).
+        in_view: whether each landmark is in the volume (its point inside, its heatmap peak at least the model's
+            presence threshold), bool, shape (N,).
         model_name: the model's registered name or file name.
         model_sha256: the checksum of the model's file ("" for a model made in memory).
         seconds: time per step ("stage 1 input", "stage 1", "stage 2").
@@ -67,8 +68,13 @@ class Detection:
 
     def __post_init__(self) -> None:
         count = len(self.labels)
+        self.seconds = {str(step): float(value) for step, value in self.seconds.items()}
         for name, kind in _ARRAYS.items():
-            value = np.asarray(getattr(self, name), dtype=kind)
+            value = getattr(self, name)
+            if kind is float:  # JSON's null stands for NaN
+                value = np.array(value, dtype=object)
+                value = np.where(value == None, np.nan, value)  # noqa: E711 (elementwise)
+            value = np.asarray(value, dtype=kind)
             shape = (count, 3) if name.endswith("_lps") else (count,)
             if value.shape != shape:
                 raise ValueError(f"Detection.{name} has shape {value.shape}; {count} landmarks need {shape}.")
@@ -87,9 +93,10 @@ class Detection:
         return lps_to_ras(self.stage1_lps)
 
     def landmarks(self, *, stage: str = "cascade") -> Landmarks:
-        """The points as :class:`~cascade_landmarks.io.landmarks.Landmarks` ("cascade" or "stage1")."""
+        """The points as :class:`~cascade_landmarks.io.landmarks.Landmarks` ("cascade" or "stage1"); a landmark not
+        in view is missing (Slicer's "missing": no position)."""
         positions = {"cascade": self.positions_lps, "stage1": self.stage1_lps}[stage]
-        return Landmarks(list(self.labels), positions, list(self.descriptions))
+        return Landmarks(list(self.labels), positions, list(self.descriptions), missing=~self.in_view)
 
     def errors_mm(self, reference_lps: np.ndarray) -> dict[str, np.ndarray]:
         """Distance of each stage's points to reference points (LPS mm, shape (N, 3)): ``{"stage1": (N,),
@@ -101,10 +108,11 @@ class Detection:
         }
 
     def to_dict(self) -> dict:
-        """The record as JSON-able data (arrays as lists)."""
+        """The record as JSON-able data: arrays as lists, NaN as None (strict JSON has no NaN)."""
         data = asdict(self)
-        for name in _ARRAYS:
-            data[name] = getattr(self, name).tolist()
+        for name, kind in _ARRAYS.items():
+            values = getattr(self, name)
+            data[name] = np.where(np.isnan(values), None, values).tolist() if kind is float else values.tolist()
         return {"format": RECORD_FORMAT, "version": RECORD_VERSION, **data}
 
     @classmethod
@@ -112,7 +120,9 @@ class Detection:
         """The record from :meth:`to_dict`'s data; ValueError when it is not one this version reads."""
         if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
             raise ValueError("Not a CascadeLandmarks detection record.")
-        if data.get("version", 0) > RECORD_VERSION:
+        if not isinstance(data.get("version"), int):
+            raise ValueError(f"The detection record's version {data.get('version')!r} is not a whole number.")
+        if data["version"] > RECORD_VERSION:
             raise ValueError(
                 f"The detection record has version {data['version']}; this CascadeLandmarks reads up to "
                 f"{RECORD_VERSION}. Update CascadeLandmarks."
@@ -124,8 +134,8 @@ class Detection:
             raise ValueError(f"The detection record is incomplete or has unknown fields ({error}).") from error
 
     def to_json(self) -> str:
-        """The record as one line of JSON."""
-        return json.dumps(self.to_dict())
+        """The record as one line of strict JSON."""
+        return json.dumps(self.to_dict(), allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> Detection:

@@ -11,10 +11,14 @@ training target's height), and how far the last stage-2 pass still moved the poi
 move). Both close to their best give a confidence near 1; a landmark below the model's ``flag_below`` is flagged
 for checking.
 
-Confidence cannot see a scan unlike any the model was trained on: stage 1 reads a landmark's position from the
-whole field of view, so on a scan cropped much tighter (or wider) than the training scans it can put a point
-far off with a high heatmap peak. Detection warns when the field of view differs from the model's stage-1 grid
-(fitted to the training scans) by more than :data:`FIELD_OF_VIEW_FACTOR` along an axis.
+A landmark is in view when its point lies in the volume and its heatmap peak reaches the model's
+``presence_threshold``; one that is not is flagged, and reported as missing (no point).
+
+Confidence cannot see a scan unlike any the model was trained on: a stage 1 with a fixed grid ("whole" and
+"patch" modes) reads a landmark's position from the whole field of view, so on a scan cropped much tighter (or
+wider) than the training scans it can put a point far off with a high heatmap peak. Detection with such a model
+warns when the field of view differs from its stage-1 grid (fitted to the training scans) by more than
+:data:`FIELD_OF_VIEW_FACTOR` along an axis. An "extent" model covers each scan's own field of view.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ def _detect_on_device(volume: Volume, model: CascadeModel, device: torch.device,
     started = time.perf_counter()
     report(0.0, "preparing stage 1 input")
     sampler = Sampler(volume, config.intensity)
-    grid = stage1_geometry(volume.geometry, config.stage1_spacing_mm, config.stage1_grid)
+    grid = stage1_geometry(volume.geometry, config)
     stage1_input = sampler.sample(grid)
     seconds["stage 1 input"] = time.perf_counter() - started
 
@@ -101,7 +105,7 @@ def _detect_on_device(volume: Volume, model: CascadeModel, device: torch.device,
     peak = np.clip(peaks / config.heatmap_height, 0.0, 1.0)
     agreement = 1.0 - np.clip(np.linalg.norm(last_step, axis=1) / config.stage2_radius_mm, 0.0, 1.0) ** 2
     confidence = np.nan_to_num(peak * agreement, nan=0.0)  # a broken model's NaN reads as no confidence at all
-    in_view = volume.geometry.contains_lps(positions_lps)
+    in_view = volume.geometry.contains_lps(positions_lps) & (peak >= config.presence_threshold)
     return Detection(
         labels=config.landmark_set.labels,
         descriptions=[d.description for d in config.landmark_set.landmarks],
@@ -121,7 +125,10 @@ def _detect_on_device(volume: Volume, model: CascadeModel, device: torch.device,
 
 def field_of_view_warnings(geometry: Geometry, config: CascadeConfig) -> list[str]:
     """A warning when the volume's field of view (its LPS bounding box) is more than :data:`FIELD_OF_VIEW_FACTOR`
-    times smaller or larger than the model's stage-1 grid along an axis, else nothing."""
+    times smaller or larger than the fixed stage-1 grid of a model that has one (not in "extent" mode) along an
+    axis, else nothing."""
+    if config.stage1_mode == "extent":
+        return []
     volume_mm = geometry.lps_extent_mm
     grid_mm = np.asarray(config.stage1_grid) * config.stage1_spacing_mm
     ratio = volume_mm / grid_mm
@@ -166,7 +173,7 @@ def predict_heatmaps(
     """Normalised heatmaps (N + 1, n_k, n_j, n_i) for a stage-1 input (n_k, n_j, n_i), whole or by patches."""
     with torch.inference_mode():
         tensor = torch.from_numpy(stage1_input)[None, None].to(device)
-        if config.stage1_mode == "whole":
+        if config.stage1_mode != "patch":
             return network(tensor)[0][0].float().cpu().numpy()
         return _sliding_window(network, tensor, config.stage1_patch_size)[0].cpu().numpy()
 

@@ -4,8 +4,9 @@ Training and detection both go through these functions, so a model sees at detec
 training. Both grids are axis-aligned in LPS (identity direction), whatever the volume's own orientation, so a
 model does not depend on how a scanner or a converter ordered the voxels:
 
-- **Stage-1 grid**: the whole volume resampled to ``stage1_spacing_mm`` (isotropic) on a fixed grid of
-  ``stage1_grid`` voxels centred on the volume's centre (cropping or padding the field of view).
+- **Stage-1 grid**: the whole volume resampled to ``stage1_spacing_mm`` (isotropic), centred on the volume's
+  centre: on a fixed grid of ``stage1_grid`` voxels (cropping or padding the field of view), or, in "extent"
+  mode, on a grid just covering the volume.
 - **Stage-2 patch**: ``patch_size`` voxels at ``stage2_spacing_mm`` centred on a physical point.
 """
 
@@ -16,15 +17,21 @@ import SimpleITK as sitk
 
 from ..io.coordinates import Geometry
 from ..io.volumes import Volume, resampler_onto
-from ..model.config import IntensityWindow
+from ..model.config import CascadeConfig, IntensityWindow
 
 _IDENTITY = np.eye(3)
 
 
-def stage1_geometry(volume_geometry: Geometry, spacing_mm: float, grid: tuple[int, int, int]) -> Geometry:
-    """The stage-1 grid for a volume: LPS-aligned, ``spacing_mm`` isotropic, ``grid`` voxels (i, j, k),
-    centred on the volume's centre."""
-    return _centred_grid(volume_geometry.centre_lps, spacing_mm, grid)
+def stage1_geometry(volume_geometry: Geometry, config: CascadeConfig) -> Geometry:
+    """The stage-1 grid for a volume: LPS-aligned, isotropic at the model's stage-1 spacing, centred on the
+    volume's centre; of the model's fixed size (``stage1_grid``, i, j, k), or in "extent" mode just covering the
+    volume's LPS bounding box (each edge a multiple of the U-Net's ``2 ** depth``)."""
+    spacing = config.stage1_spacing_mm
+    if config.stage1_mode != "extent":
+        return _centred_grid(volume_geometry.centre_lps, spacing, config.stage1_grid)
+    multiple = 2**config.unet.depth
+    size = np.maximum(np.ceil(volume_geometry.lps_extent_mm / spacing / multiple), 1).astype(int) * multiple
+    return _centred_grid(volume_geometry.centre_lps, spacing, tuple(size))
 
 
 def patch_geometry(centre_lps: np.ndarray, spacing_mm: float, size: int) -> Geometry:

@@ -82,7 +82,12 @@ def _cases_from_manifest(manifest: Path) -> list[CaseFiles]:
 
 def check_cases(cases: list[CaseFiles], landmark_set: LandmarkSet, *, purpose: str = "training") -> list[CheckedCase]:
     """Read every case's header and landmarks; raise one ValueError listing every problem by case name
-    (``purpose``: "training" or "evaluation", what the message says the data is for)."""
+    (``purpose``: "training" or "evaluation", what the message says the data is for).
+
+    A case may be annotated in part: a landmark absent from its file, or unplaced there, is not known; one marked
+    missing is known not to be in the image. Each case must place at least one landmark of the set, inside its
+    volume.
+    """
     problems, checked = [], []
     names = [case.name for case in cases]
     for repeated in sorted({n for n in names if names.count(n) > 1}):
@@ -93,15 +98,15 @@ def check_cases(cases: list[CaseFiles], landmark_set: LandmarkSet, *, purpose: s
             continue
         try:
             geometry = read_geometry(case.volume)
-            landmarks = landmark_set.match(read_landmarks(case.landmarks), source=case.landmarks.name)
+            landmarks = landmark_set.match(read_landmarks(case.landmarks), source=case.landmarks.name, partial=True)
         except ValueError as error:
             problems.append(f"{case.name}: {error}")
             continue
-        outside = [
-            label
-            for label, inside in zip(landmarks.labels, geometry.contains_lps(landmarks.positions_lps), strict=True)
-            if not inside
-        ]
+        if not landmarks.defined.any():
+            problems.append(f"{case.name}: {case.landmarks.name} places none of the landmarks of {landmark_set.name}")
+            continue
+        inside = geometry.contains_lps(landmarks.positions_lps) | ~landmarks.defined
+        outside = [label for label, within in zip(landmarks.labels, inside, strict=True) if not within]
         if outside:
             problems.append(f"{case.name}: landmarks outside the volume: {', '.join(outside)}")
             continue

@@ -12,6 +12,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .landmarks import Landmarks
 from .resources import resource_path
 
@@ -72,16 +74,20 @@ class LandmarkSet:
         labels = self.labels
         return [labels.index(d.twin) if d.twin else i for i, d in enumerate(self.landmarks)]
 
-    def match(self, landmarks: Landmarks, *, source: str = "landmarks") -> Landmarks:
-        """The points of ``landmarks`` in this set's order, each placed exactly once.
+    def match(self, landmarks: Landmarks, *, source: str = "landmarks", partial: bool = False) -> Landmarks:
+        """The points of ``landmarks`` in this set's order.
+
+        Every landmark must be placed exactly once; with ``partial``, a landmark may also be absent from
+        ``landmarks``, unplaced (both: not known, a NaN row) or missing (known not to be in the image), but none
+        may be repeated or unknown to the set.
 
         Raises:
             ValueError: naming ``source``, the missing, unplaced, repeated and unknown labels.
         """
         problems = []
-        missing = [label for label in self.labels if label not in landmarks.labels]
-        if missing:
-            problems.append(f"missing {', '.join(missing)}")
+        absent = [label for label in self.labels if label not in landmarks.labels]
+        if absent and not partial:
+            problems.append(f"missing {', '.join(absent)}")
         repeated = sorted({label for label in landmarks.labels if landmarks.labels.count(label) > 1})
         if repeated:
             problems.append(f"repeated {', '.join(repeated)}")
@@ -89,13 +95,25 @@ class LandmarkSet:
         if extra:
             problems.append(f"not in {self.name}: {', '.join(extra)}")
         if not problems:
-            ordered = landmarks.reordered(self.labels)
-            unplaced = [label for label, ok in zip(ordered.labels, ordered.defined, strict=True) if not ok]
-            if unplaced:
+            ordered = self._in_order(landmarks)
+            unplaced = [label for label, placed in zip(ordered.labels, ordered.defined, strict=True) if not placed]
+            if unplaced and not partial:
                 problems.append(f"not placed: {', '.join(unplaced)}")
         if problems:
             raise ValueError(f"{source} does not match landmark set {self.name}: {'; '.join(problems)}.")
         return ordered
+
+    def _in_order(self, landmarks: Landmarks) -> Landmarks:
+        """``landmarks`` in this set's order, those it lacks as unplaced points with the set's descriptions."""
+        known = [label in landmarks.labels for label in self.labels]
+        rows = [landmarks.labels.index(label) if there else 0 for label, there in zip(self.labels, known, strict=True)]
+        positions = np.where(np.array(known)[:, None], landmarks.positions_lps[rows], np.nan)
+        descriptions = [
+            landmarks.descriptions[row] if there else d.description
+            for d, row, there in zip(self.landmarks, rows, known, strict=True)
+        ]
+        missing = [bool(landmarks.missing[row]) and there for row, there in zip(rows, known, strict=True)]
+        return Landmarks(self.labels, positions, descriptions, missing)
 
     def to_landmarks(self, positions_lps) -> Landmarks:
         """Landmarks with this set's labels and descriptions at ``positions_lps`` (LPS mm, shape (N, 3))."""

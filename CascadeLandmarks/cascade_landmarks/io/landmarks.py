@@ -1,6 +1,8 @@
 """Landmark point lists in and out: Slicer markups JSON, Slicer ``.fcsv``, and a long-format CSV.
 
-A :class:`Landmarks` holds labelled points in LPS millimetres, the engine's frame. Readers honour the
+A :class:`Landmarks` holds labelled points in LPS millimetres, the engine's frame. A point may also be listed
+without a position: *missing* (Slicer's ``positionStatus`` "missing": the landmark is known not to be in the
+image) or merely *unplaced* ("undefined": nobody has placed it). Readers honour the
 coordinate system a file names (``coordinateSystem`` in ``.mrk.json``, ``CoordinateSystem`` in ``.fcsv``) and
 refuse a file that names none they know. Writers say which frame they used, and write atomically.
 """
@@ -26,7 +28,8 @@ MARKUPS_SCHEMA = (
     "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
     "markups-schema-v1.0.3.json#"
 )
-CSV_COLUMNS = ("case", "landmark", "x", "y", "z", "coordinate_system", "description")
+CSV_COLUMNS = ("case", "landmark", "x", "y", "z", "coordinate_system", "description", "status")
+DEFINED, MISSING, UNDEFINED = "defined", "missing", "undefined"  # Slicer's names of a point's position status
 
 
 @dataclass(eq=False)
@@ -35,31 +38,42 @@ class Landmarks:
 
     Attributes:
         labels: one name per point, in order.
-        positions_lps: LPS millimetres, shape (N, 3); a row of NaN marks a point that is listed but not placed
-            (Slicer's ``positionStatus`` "undefined").
+        positions_lps: LPS millimetres, shape (N, 3); a row of NaN marks a point without a position.
         descriptions: one free-text description per point ("" when there is none).
+        missing: per point, whether it is known not to be in the image (Slicer's "missing"), shape (N,) of bool;
+            its position is NaN. A NaN row that is not missing is merely unplaced (Slicer's "undefined").
     """
 
     labels: list[str]
     positions_lps: np.ndarray
     descriptions: list[str] = field(default_factory=list)
+    missing: np.ndarray | Sequence[bool] = ()
 
     def __post_init__(self) -> None:
         self.labels = [str(label) for label in self.labels]
-        self.positions_lps = np.asarray(self.positions_lps, dtype=float).reshape(-1, 3)
+        self.positions_lps = np.array(self.positions_lps, dtype=float).reshape(-1, 3)
         if not self.descriptions:
             self.descriptions = [""] * len(self.labels)
         self.descriptions = [str(text) for text in self.descriptions]
-        if not len(self.labels) == len(self.positions_lps) == len(self.descriptions):
+        self.missing = np.zeros(len(self.labels), bool) if not len(self.missing) else np.array(self.missing, bool)
+        if not len(self.labels) == len(self.positions_lps) == len(self.descriptions) == len(self.missing):
             raise ValueError(
-                f"Landmarks need one label, position and description each; got {len(self.labels)} labels, "
-                f"{len(self.positions_lps)} positions and {len(self.descriptions)} descriptions."
+                f"Landmarks need one label, position, description and missing flag each; got {len(self.labels)} "
+                f"labels, {len(self.positions_lps)} positions, {len(self.descriptions)} descriptions and "
+                f"{len(self.missing)} missing flags."
             )
+        self.positions_lps[self.missing] = np.nan
 
     @classmethod
-    def from_ras(cls, labels: Sequence[str], positions_ras: np.ndarray, descriptions: Sequence[str] = ()) -> Landmarks:
+    def from_ras(
+        cls,
+        labels: Sequence[str],
+        positions_ras: np.ndarray,
+        descriptions: Sequence[str] = (),
+        missing: Sequence[bool] = (),
+    ) -> Landmarks:
         """Landmarks from RAS millimetres, shape (N, 3)."""
-        return cls(list(labels), ras_to_lps(np.asarray(positions_ras, dtype=float)), list(descriptions))
+        return cls(list(labels), ras_to_lps(np.asarray(positions_ras, dtype=float)), list(descriptions), missing)
 
     @property
     def positions_ras(self) -> np.ndarray:
@@ -71,6 +85,14 @@ class Landmarks:
         """Whether each point is placed, shape (N,) of bool."""
         return np.all(np.isfinite(self.positions_lps), axis=1)
 
+    @property
+    def statuses(self) -> list[str]:
+        """Each point's position status as Slicer names it: "defined", "missing" or "undefined"."""
+        return [
+            DEFINED if placed else MISSING if gone else UNDEFINED
+            for placed, gone in zip(self.defined, self.missing, strict=True)
+        ]
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -81,7 +103,10 @@ class Landmarks:
             raise KeyError(f"Missing landmarks: {', '.join(missing)}.")
         order = [self.labels.index(label) for label in labels]
         return Landmarks(
-            [self.labels[i] for i in order], self.positions_lps[order], [self.descriptions[i] for i in order]
+            [self.labels[i] for i in order],
+            self.positions_lps[order],
+            [self.descriptions[i] for i in order],
+            self.missing[order],
         )
 
 
@@ -139,12 +164,14 @@ def read_markups_json(path: str | os.PathLike) -> Landmarks:
     units = point_list.get("coordinateUnits", "mm")
     if units != "mm":
         raise ValueError(f"{path} gives coordinates in {units!r}; only millimetres (mm) are supported.")
-    labels, descriptions, positions = [], [], []
+    labels, descriptions, positions, missing = [], [], [], []
     for number, point in enumerate(point_list.get("controlPoints", []), start=1):
         labels.append(str(point.get("label", number)))
         descriptions.append(str(point.get("description", "")))
         position = point.get("position")
-        if point.get("positionStatus", "defined") != "defined" or position is None:
+        status = point.get("positionStatus", DEFINED)
+        missing.append(status == MISSING)
+        if status != DEFINED or position is None:
             positions.append([np.nan] * 3)
         elif len(position) != 3:
             raise ValueError(f"{path}: control point {number} has position {position}, not three numbers.")
@@ -153,7 +180,7 @@ def read_markups_json(path: str | os.PathLike) -> Landmarks:
     positions_array = np.asarray(positions, dtype=float).reshape(-1, 3)
     if system == "RAS":
         positions_array = ras_to_lps(positions_array)
-    return Landmarks(labels, positions_array, descriptions)
+    return Landmarks(labels, positions_array, descriptions, missing)
 
 
 def markups_json_text(landmarks: Landmarks, *, coordinate_system: str = "LPS") -> str:
@@ -163,14 +190,14 @@ def markups_json_text(landmarks: Landmarks, *, coordinate_system: str = "LPS") -
         raise ValueError(f"Unknown coordinate system {coordinate_system!r}: use LPS or RAS.")
     positions = landmarks.positions_lps if system == "LPS" else landmarks.positions_ras
     control_points = []
-    for number, (label, description, position) in enumerate(
-        zip(landmarks.labels, landmarks.descriptions, positions, strict=True), start=1
+    for number, (label, description, position, status) in enumerate(
+        zip(landmarks.labels, landmarks.descriptions, positions, landmarks.statuses, strict=True), start=1
     ):
         point = {"id": str(number), "label": label, "description": description}
-        if np.all(np.isfinite(position)):
-            point.update(position=[float(v) for v in position], positionStatus="defined")
+        if status == DEFINED:
+            point.update(position=[float(v) for v in position], positionStatus=DEFINED)
         else:
-            point.update(positionStatus="undefined")
+            point.update(positionStatus=status)
         point.update(locked=False, selected=True, visibility=True)
         control_points.append(point)
     document = {
@@ -240,7 +267,7 @@ def read_fcsv(path: str | os.PathLike) -> Landmarks:
     missing = {"x", "y", "z", "label"} - set(columns)
     if missing:
         raise ValueError(f"{path} lacks the fcsv columns {', '.join(sorted(missing))}.")
-    labels, descriptions, positions = [], [], []
+    labels, descriptions, positions, missing = [], [], [], []
     for number, values in enumerate(csv.reader(rows), start=1):
         record = dict(zip(columns, values, strict=False))
         try:
@@ -249,14 +276,16 @@ def read_fcsv(path: str | os.PathLike) -> Landmarks:
             raise ValueError(f"{path}: point {number} has no valid x, y, z ({values}).") from error
         # Slicer 5 writes the point's position status after the named columns: 2 is placed; an unplaced point
         # (0 undefined, 1 preview, 3 missing) keeps x, y, z = 0, which is not where it is.
-        if len(values) > len(columns) and values[len(columns)].strip() not in ("", "2"):
+        status = values[len(columns)].strip() if len(values) > len(columns) else ""
+        if status not in ("", "2"):
             positions[-1] = [np.nan] * 3
+        missing.append(status == "3")
         labels.append(record.get("label", str(number)))
         descriptions.append(record.get("desc", ""))
     positions_array = np.asarray(positions, dtype=float).reshape(-1, 3)
     if system == "RAS":
         positions_array = ras_to_lps(positions_array)
-    return Landmarks(labels, positions_array, descriptions)
+    return Landmarks(labels, positions_array, descriptions, missing)
 
 
 # --- Long-format CSV ---------------------------------------------------------------------------------
@@ -270,8 +299,9 @@ def landmarks_csv_text(
 ) -> str:
     """A long-format CSV, one row per case and landmark.
 
-    Columns: case, landmark, x, y, z, coordinate_system, description, then any ``extra_columns`` (per case, a
-    dictionary from column name to one value per landmark). Points that are not placed have empty x, y, z.
+    Columns: case, landmark, x, y, z, coordinate_system, description, status ("defined", "missing" or
+    "undefined"), then any ``extra_columns`` (per case, a dictionary from column name to one value per landmark).
+    Points without a position have empty x, y, z.
     """
     system = coordinate_system.upper()
     if system not in COORDINATE_SYSTEMS:
@@ -284,12 +314,12 @@ def landmarks_csv_text(
     for case, landmarks in cases.items():
         positions = landmarks.positions_lps if system == "LPS" else landmarks.positions_ras
         extras = extra_columns.get(case, {})
-        for index, (label, description, position) in enumerate(
-            zip(landmarks.labels, landmarks.descriptions, positions, strict=True)
+        for index, (label, description, position, status) in enumerate(
+            zip(landmarks.labels, landmarks.descriptions, positions, landmarks.statuses, strict=True)
         ):
             coordinates = [repr(float(v)) if np.isfinite(v) else "" for v in position]
             more = [extras[name][index] if name in extras else "" for name in extra_names]
-            writer.writerow([case, label, *coordinates, system, description, *more])
+            writer.writerow([case, label, *coordinates, system, description, status, *more])
     return buffer.getvalue()
 
 
@@ -317,7 +347,7 @@ def read_landmarks_csv(path: str | os.PathLike) -> dict[str, Landmarks]:
         missing = {"case", "landmark", "x", "y", "z", "coordinate_system"} - set(rows[0])
         if missing:
             raise ValueError(f"{path} lacks the columns {', '.join(sorted(missing))}.")
-    grouped: dict[str, tuple[list, list, list]] = {}
+    grouped: dict[str, tuple[list, list, list, list]] = {}
     for line, row in enumerate(rows, start=2):
         system = row["coordinate_system"].strip().upper()
         if system not in COORDINATE_SYSTEMS:
@@ -326,8 +356,9 @@ def read_landmarks_csv(path: str | os.PathLike) -> dict[str, Landmarks]:
             position = np.array([float(row[a]) if row[a].strip() else np.nan for a in "xyz"])
         except ValueError as error:
             raise ValueError(f"{path}, line {line}: x, y, z must be numbers ({error}).") from error
-        labels, positions, descriptions = grouped.setdefault(row["case"], ([], [], []))
+        labels, positions, descriptions, missing = grouped.setdefault(row["case"], ([], [], [], []))
         labels.append(row["landmark"])
         positions.append(ras_to_lps(position) if system == "RAS" else position)
         descriptions.append(row.get("description") or "")
+        missing.append((row.get("status") or "").strip() == MISSING)  # files from before the column: none missing
     return {case: Landmarks(*fields) for case, fields in grouped.items()}

@@ -1,7 +1,7 @@
 """Volumes in and out: read, check, resample, crop and pad, write, always with the full geometry.
 
 A :class:`Volume` is a numpy array indexed ``[k, j, i]`` (as SimpleITK and ``slicer.util.arrayFromVolume``
-give it) and the :class:`~cascade_landmarks.coordinates.Geometry` that places it in LPS millimetres.
+give it) and the :class:`~cascade_landmarks.io.coordinates.Geometry` that places it in LPS millimetres.
 Reading supports every format SimpleITK reads (NRRD, NIfTI, MHA, ...) and a folder holding a DICOM series.
 """
 

@@ -13,9 +13,9 @@ import numpy as np
 from ..io.landmark_sets import LandmarkSet
 from ..io.volumes import Volume
 
-STAGE1_MODES = ("whole", "patch")
+STAGE1_MODES = ("whole", "patch", "extent")
 # Settings that change no weights: fine-tuning (``--init-from``) may set them anew.
-DETECTION_SETTINGS = ("stage2_passes", "stage2_tolerance_mm", "mirror_stage1", "mirror_stage2")
+DETECTION_SETTINGS = ("stage2_passes", "stage2_tolerance_mm", "mirror_stage1", "mirror_stage2", "presence_threshold")
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,13 @@ class CascadeConfig:
     Attributes:
         landmark_set: the landmarks, in channel order.
         stage1_spacing_mm: isotropic voxel size of the stage-1 grid (the paper: 4 x 0.4 mm for cardiac CTA).
-        stage1_grid: stage-1 grid size (i, j, k) in voxels, centred on the volume; each divisible by 2 ** depth.
-        stage1_mode: "whole" (the paper's method: the whole downsampled volume) or "patch" (the paper's ablation:
-            the U-Net trained and run on patches of ``stage1_patch_size`` voxels of the same grid).
+        stage1_grid: stage-1 grid size (i, j, k) in voxels, centred on the volume; each divisible by 2 ** depth. In
+            "extent" mode: the size of the cubes training cuts (detection covers the volume's own extent).
+        stage1_mode: "whole" (the paper's method: the downsampled volume on the fixed ``stage1_grid``, fitted to
+            the training scans' field of view), "patch" (the paper's ablation: the U-Net trained and run on patches
+            of ``stage1_patch_size`` voxels of the same grid) or "extent" (any field of view: the U-Net runs on
+            the volume's own extent at ``stage1_spacing_mm``, and was trained on cubes cut anywhere in and across
+            the edge of its training scans).
         stage1_patch_size: patch edge for ``stage1_mode="patch"`` (the paper: 48).
         heatmap_sigma: Gaussian width of the targets, in stage-1 voxels.
         heatmap_height: Gaussian peak height ``k`` of the targets.
@@ -140,6 +144,10 @@ class CascadeConfig:
             patch (test-time mirroring of stage 2; the same anatomy as ``mirror_stage1``). Changes no weights.
         intensity: intensity window applied to every input.
         flag_below: a landmark whose confidence is below this is flagged for checking.
+        presence_threshold: a landmark whose stage-1 heatmap peak (relative to ``heatmap_height``) is below this
+            is not in view (0: every landmark whose point lies in the volume is). A model trained in "extent" mode
+            learnt to leave a landmark outside the image without heat; training sets this from its validation
+            cases. Changes no weights.
     """
 
     landmark_set: LandmarkSet
@@ -159,6 +167,7 @@ class CascadeConfig:
     stage2_tolerance_mm: float = 0.0
     mirror_stage1: bool = False
     mirror_stage2: bool = False
+    presence_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage1_grid", tuple(int(n) for n in self.stage1_grid))
@@ -188,6 +197,8 @@ class CascadeConfig:
             )
         if not 0 < self.heatmap_height <= 1 or self.heatmap_sigma <= 0:
             raise ValueError("Heatmap height must lie in (0, 1] and sigma must be positive.")
+        if not 0 <= self.presence_threshold < 1:
+            raise ValueError(f"presence_threshold must lie in [0, 1), not {self.presence_threshold}.")
 
     def detection_settings(self) -> dict:
         """The ``DETECTION_SETTINGS`` and their values."""

@@ -13,7 +13,12 @@ import torch
 
 
 def gaussian_targets(
-    landmarks_ijk: torch.Tensor, shape: tuple[int, int, int], *, sigma: float, height: float
+    landmarks_ijk: torch.Tensor,
+    shape: tuple[int, int, int],
+    *,
+    sigma: float,
+    height: float,
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Target heatmaps for a batch.
 
@@ -22,10 +27,14 @@ def gaussian_targets(
         shape: the grid, ``(n_k, n_j, n_i)``.
         sigma: Gaussian width in voxels.
         height: peak height ``k`` (at most 1).
+        present: whether each landmark is in the grid, shape (B, N) of bool (default: all); the channel of one
+            that is not is 0 everywhere, and its position is not read.
 
     Returns:
         shape (B, N + 1, n_k, n_j, n_i): background first, then one channel per landmark.
     """
+    if present is not None:
+        landmarks_ijk = torch.where(present[..., None], landmarks_ijk, torch.full_like(landmarks_ijk, -1e6))
     device = landmarks_ijk.device
     k, j, i = (torch.arange(n, device=device, dtype=torch.float32) for n in shape)
     # Squared distance along each axis, broadcast: (B, N, n) per axis.

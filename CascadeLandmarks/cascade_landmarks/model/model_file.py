@@ -4,7 +4,7 @@ Contents (a flat dictionary of tensors and strings, loaded with ``torch.load(wei
 unpickles arbitrary objects):
 
 - ``format``: "cascade-landmarks-model"; ``format_version``: an integer, refused when newer than this code knows;
-- ``config``: the :class:`~cascade_landmarks.config.CascadeConfig` as JSON (landmark set with names, spacings,
+- ``config``: the :class:`~cascade_landmarks.model.config.CascadeConfig` as JSON (landmark set with names, spacings,
   grid and patch sizes, intensity window, network settings);
 - ``training``: a JSON summary of how and on what it was trained (cases, spacings, iterations, validation error);
 - ``stage1.*`` and ``stage2.*``: the weights of the heatmap U-Net and of the displacement CNNs.

@@ -40,7 +40,7 @@ class BackgroundCommand:
     def __init__(self, arguments: Sequence[str], *, python: str | None = None, environment: dict | None = None):
         self.command = [python or sys.executable, "-m", "cascade_landmarks.cli", "--progress-format", "json",
                         *map(str, arguments)]  # fmt: skip
-        self._environment = {**os.environ, **(environment or {})}
+        self._environment = {**os.environ, "PYTHONIOENCODING": "utf-8", **(environment or {})}
         self._process: subprocess.Popen | None = None
         self._messages: queue.Queue = queue.Queue()
         self._stderr: list[str] = []
@@ -58,6 +58,7 @@ class BackgroundCommand:
             stderr=subprocess.PIPE,
             text=True,
             encoding="utf-8",
+            errors="replace",  # a message in another encoding is shown garbled, not lost with the reader
             env=self._environment,
             **group,
         )

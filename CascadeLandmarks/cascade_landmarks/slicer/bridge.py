@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..io.coordinates import Geometry
-from ..io.landmarks import Landmarks
+from ..io.landmarks import DEFINED, MISSING, Landmarks
 from ..io.volumes import Volume, check_voxel_values
 
 
@@ -67,18 +67,21 @@ def volume_to_node(volume: Volume, scene, *, name: str = "Volume", node=None):
 def landmarks_from_node(point_list_node) -> Landmarks:
     """The control points of a point-list node, in world coordinates, as landmarks in LPS mm.
 
-    Points whose position is missing (Slicer's "undefined" or "preview") come back as NaN rows.
+    Points without a position come back as NaN rows: missing (Slicer's "missing") or unplaced ("undefined",
+    "preview").
     """
     if point_list_node is None or not point_list_node.IsA("vtkMRMLMarkupsNode"):
         raise ValueError("Pick a point list (markups); this node is not one.")
     count = point_list_node.GetNumberOfControlPoints()
-    labels, descriptions, positions_ras = [], [], np.full((count, 3), np.nan)
+    labels, descriptions, positions_ras, missing = [], [], np.full((count, 3), np.nan), []
     for index in range(count):
         labels.append(point_list_node.GetNthControlPointLabel(index))
         descriptions.append(point_list_node.GetNthControlPointDescription(index))
-        if point_list_node.GetNthControlPointPositionStatus(index) == point_list_node.PositionDefined:
+        status = point_list_node.GetNthControlPointPositionStatus(index)
+        if status == point_list_node.PositionDefined:
             point_list_node.GetNthControlPointPositionWorld(index, positions_ras[index])
-    return Landmarks.from_ras(labels, positions_ras, descriptions)
+        missing.append(status == point_list_node.PositionMissing)
+    return Landmarks.from_ras(labels, positions_ras, descriptions, missing)
 
 
 def landmarks_to_node(landmarks: Landmarks, scene, *, name: str = "Landmarks", node=None, locked: bool = False):
@@ -92,15 +95,17 @@ def landmarks_to_node(landmarks: Landmarks, scene, *, name: str = "Landmarks", n
     was_modifying = node.StartModify()
     try:
         node.RemoveAllControlPoints()
-        for label, description, position in zip(
-            landmarks.labels, landmarks.descriptions, landmarks.positions_ras, strict=True
+        for label, description, position, status in zip(
+            landmarks.labels, landmarks.descriptions, landmarks.positions_ras, landmarks.statuses, strict=True
         ):
             index = node.AddControlPoint(0.0, 0.0, 0.0, label)
             node.SetNthControlPointDescription(index, description)
-            if np.all(np.isfinite(position)):
+            if status == DEFINED:
                 node.SetNthControlPointPositionWorld(index, *position)
-            else:
+            elif status == MISSING:
                 node.SetNthControlPointPositionMissing(index)
+            else:
+                node.UnsetNthControlPointPosition(index)
             node.SetNthControlPointLocked(index, locked)
     finally:
         node.EndModify(was_modifying)

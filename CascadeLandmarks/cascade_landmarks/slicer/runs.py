@@ -151,8 +151,15 @@ class DetectionRun(BackgroundRun):
             self._cleanup()
         name = f"{self.volume_node.GetName()} {detection.model_name}"
         output = self.output_node if self.output_node is not None and self.output_node.GetScene() else None
-        node = landmarks_to_node(detection.landmarks(), self.scene, name=name, node=output, locked=False)
-        show_detection(node, detection, self.volume_node)
+        if output is None:
+            output = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", self.scene.GenerateUniqueName(name))
+            output.CreateDefaultDisplayNodes()
+        was_modifying = output.StartModify()  # one round of events, once the points and their record are in place
+        try:
+            node = landmarks_to_node(detection.landmarks(), self.scene, node=output, locked=False)
+            show_detection(node, detection, self.volume_node)
+        finally:
+            output.EndModify(was_modifying)
         outside = int(np.sum(~detection.in_view))
         flagged = int(np.sum(detection.flagged))
         self.status = f"Done: {flagged} of {len(detection.labels)} landmarks flagged for checking"

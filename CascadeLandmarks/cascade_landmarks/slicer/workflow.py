@@ -71,9 +71,13 @@ def show_detection(node, detection: Detection, volume_node=None) -> None:
 
 
 def detection_of(node) -> Detection | None:
-    """The detection recorded on a point list, or None for a list no detection filled."""
+    """The detection recorded on a point list, or None for a list no detection filled (or one whose record this
+    version cannot read, such as a scene saved by a version before the record: its points are then the user's)."""
     text = node.GetAttribute(DETECTION_ATTRIBUTE) if node is not None else None
-    return Detection.from_json(text) if text else None
+    try:
+        return Detection.from_json(text) if text else None
+    except ValueError:
+        return None
 
 
 def detected_volume(node):

@@ -36,11 +36,14 @@ from ..model.config import DETECTION_SETTINGS, CascadeConfig
 from ..model.losses import euclidean_loss, heatmap_loss
 from ..model.model_file import CascadeModel, load_model, model_from_state, save_model
 from ..progress import Reporter, as_reporter
-from .batches import TrainingCase, prepare_case, stage1_batch, stage2_batch
-from .checkpoints import checkpoint_lineage, load_checkpoint, read_checkpoint, save_checkpoint
+from .batches import Batch, TrainingCase, prepare_case, stage1_batch, stage2_batch
+from .checkpoints import NO_LINEAGE, checkpoint_lineage, load_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainingConfig
 from .distributed import Process, join_process_group
+from .presence import calibrate_presence
 from .run_files import checkpoint_path
+
+EXTENT_CUBE_VOXELS = 48  # the largest edge of an "extent" model's default training cubes
 
 
 def default_config(
@@ -55,7 +58,8 @@ def default_config(
     """A model configuration fitted to the training data.
 
     Stage 2 works at the data's own resolution (the median of each case's finest spacing); stage 1 at four
-    times coarser, as the paper does for cardiac CTA; the stage-1 grid covers the largest field of view.
+    times coarser, as the paper does for cardiac CTA; the stage-1 grid covers the largest field of view (in
+    "extent" mode, the training cubes do, up to :data:`EXTENT_CUBE_VOXELS` voxels an edge).
     """
     if stage2_spacing_mm is None:
         stage2_spacing_mm = round(float(np.median([c.geometry.spacing.min() for c in cases])), 2)
@@ -65,6 +69,9 @@ def default_config(
     if stage1_grid is None:
         extent = np.max([c.geometry.lps_extent_mm for c in cases], axis=0)
         stage1_grid = tuple(int(math.ceil(e / stage1_spacing_mm / 2**depth) * 2**depth) for e in extent)
+        if settings.get("stage1_mode") == "extent":  # the training cubes: the data's field of view, at most
+            largest = int(math.ceil(EXTENT_CUBE_VOXELS / 2**depth) * 2**depth)
+            stage1_grid = tuple(min(n, largest) for n in stage1_grid)
     return CascadeConfig.default(
         landmark_set,
         stage1_spacing_mm=stage1_spacing_mm,
@@ -123,11 +130,15 @@ def train(
         reporter=reporter,
         lineage=start.lineage,
         checkpoint=start.checkpoint,
-        started=time.perf_counter() - cases.seconds,
+        started=cases.started,
     )
-    errors = {"stage1": _train_stage1(run, cases, start.training), "cascade": _train_stage2(run, cases, start.training)}
+    errors = {"stage1": _train_stage1(run, cases, start.training)}
+    presence = _calibrate_presence(model, cases, process, start.training)
+    errors["cascade"] = _train_stage2(run, cases, start.training)
     model.to(torch.device("cpu"))
-    model.training = _training_record(start, cases, run, errors)
+    model.stage1.eval()  # a stage that trained no steps was never switched back
+    model.stage2.eval()
+    model.training = _training_record(start, cases, run, errors, presence)
     if process.is_main:
         save_model(model, output)
         checkpoint_path(output).unlink(missing_ok=True)
@@ -185,7 +196,7 @@ def _starting_point(output: Path, landmark_set, config, training, init_from, res
         training=training or TrainingConfig(),
         checkpoint=checkpoint,
         base_model=base_model,
-        lineage=lineage or {"fine_tuned_from": None, "previous_training": None},
+        lineage=lineage or dict(NO_LINEAGE),
     )
 
 
@@ -200,7 +211,7 @@ class _Cases:
     validation_names: list[str]
     training: list[TrainingCase]
     validation: list[TrainingCase]
-    seconds: float  # time taken to read and prepare them
+    started: float  # when reading their voxels began (time.perf_counter): where the training time counts from
 
 
 def _resumed_settings(
@@ -223,7 +234,6 @@ def _resumed_settings(
 def _prepare_cases(data, start: _Start, output: Path, reporter: Reporter) -> _Cases:
     """Check every case, fit the configuration when there is none, split off the validation cases, and read and
     prepare each case once."""
-    started = time.perf_counter()
     checked = check_cases(find_cases(data), start.landmark_set)
     config = start.config or default_config(checked, start.landmark_set, **start.config_settings)
     names = [c.files.name for c in checked]
@@ -232,6 +242,7 @@ def _prepare_cases(data, start: _Start, output: Path, reporter: Reporter) -> _Ca
             f"Checkpoint {checkpoint_path(output)} was made on other cases; train afresh without --resume."
         )
     training_names, validation_names = split_cases(names, start.training.validation_fraction, start.training.seed)
+    started = time.perf_counter()
     task = reporter.task("reading cases", len(checked))
     prepared = {}
     for count, case in enumerate(checked, start=1):
@@ -249,7 +260,7 @@ def _prepare_cases(data, start: _Start, output: Path, reporter: Reporter) -> _Ca
         validation_names=validation_names,
         training=[prepared[n] for n in training_names],
         validation=[prepared[n] for n in validation_names],
-        seconds=time.perf_counter() - started,
+        started=started,
     )
 
 
@@ -269,7 +280,7 @@ def _train_stage1(run: _Run, cases: _Cases, training: TrainingConfig) -> float |
         1,
         run.model.stage1,
         lambda rng: stage1_batch(cases.training, training.batch_size, rng, cases.config, training.augmentation),
-        lambda network, inputs, targets: heatmap_loss(*network(inputs), targets),
+        lambda network, inputs, targets, known: heatmap_loss(*network(inputs), targets, known),
         lambda: _validation_error(run.model, cases.validation, run.process.device, cascade=False),
     )
 
@@ -281,20 +292,33 @@ def _train_stage2(run: _Run, cases: _Cases, training: TrainingConfig) -> float |
         run.model.stage2,
         lambda rng: stage2_batch(cases.training, training.batch_size, rng, cases.config, training.augmentation,
                                  training.stage2_near_share),
-        lambda network, inputs, targets: euclidean_loss(network(inputs), targets),
+        lambda network, inputs, targets, known: euclidean_loss(network(inputs), targets, known),
         lambda: _validation_error(run.model, cases.validation, run.process.device, cascade=True),
     )  # fmt: skip
 
 
-def _training_record(start: _Start, cases: _Cases, run: _Run, errors: dict) -> dict:
+def _calibrate_presence(model: CascadeModel, cases: _Cases, process: Process, training: TrainingConfig) -> dict | None:
+    """An "extent" model's presence threshold, set from its validation cases (the record of how, or None when the
+    model has no such cases or another mode; the threshold it had then stays)."""
+    if model.config.stage1_mode != "extent" or not cases.validation:
+        return None
+    calibration = calibrate_presence(model, cases.validation, process.device, seed=training.seed)
+    if calibration is None:
+        return None
+    model.config = model.config.with_detection_settings(presence_threshold=calibration.threshold)
+    return calibration.to_dict()
+
+
+def _training_record(start: _Start, cases: _Cases, run: _Run, errors: dict, presence: dict | None) -> dict:
     """How the model was made, saved in its file: when, on what, with which settings, from which model, how well."""
     return {
         **_record_header(start.landmark_set.name, cases.training_names, cases.validation_names),
         "spacing_mm": _spacing_summary(cases.checked),
         "training_config": start.training.to_dict(),
-        "detection_settings": cases.config.detection_settings(),
+        "detection_settings": run.model.config.detection_settings(),
         **start.lineage,
         "validation_error_mm": errors,
+        "presence_calibration": presence,
         "history": run.history,
         "processes": run.process.world_size,
         "device": str(run.process.device),
@@ -308,7 +332,8 @@ class _Run:
 
     ``checkpoint`` is the killed run's, when resuming (used up by the stage it stopped in); ``history`` the
     validation record so far; ``seconds_before`` the killed run's training time up to its checkpoint, so that a
-    resumed model reports the whole; ``started`` when this process started (``time.perf_counter``).
+    resumed model reports the whole; ``started`` when this process began reading the cases' voxels
+    (``time.perf_counter``).
     """
 
     output: Path
@@ -336,8 +361,8 @@ class _Run:
         self,
         stage: int,
         network: nn.Module,
-        batch: Callable[[np.random.Generator], tuple[torch.Tensor, torch.Tensor]],
-        loss_of: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+        batch: Callable[[np.random.Generator], Batch],
+        loss_of: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
         validation_error: Callable[[], float | None],
     ) -> float | None:
         """Run the stage's iterations of Adam on ``network``; returns the validation error (mm) at the end."""
@@ -361,11 +386,11 @@ class _Run:
         error = None
         for step in range(start, iterations):
             rng = np.random.default_rng([self.training.seed, stage, step, self.process.rank])
-            inputs, targets = batch(rng)
+            inputs, targets, known = (tensor.to(self.process.device) for tensor in batch(rng))
             for group in optimizer.param_groups:
                 group["lr"] = self.training.learning_rate_at(step, iterations)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_of(trained, inputs.to(self.process.device), targets.to(self.process.device))
+            loss = loss_of(trained, inputs, targets, known)
             loss.backward()
             done = step + 1
             _refuse_divergence(network, stage, done, checkpoint_path(self.output))
@@ -490,16 +515,15 @@ def _refuse_divergence(network: nn.Module, stage: int, iteration: int, checkpoin
 def _validation_error(
     model: CascadeModel, cases: list[TrainingCase], device: torch.device, *, cascade: bool
 ) -> float | None:
-    """Mean error in mm on the validation cases of stage 1 alone, or of the cascade (None without cases)."""
-    if not cases:
-        return None
+    """Mean error in mm over the placed landmarks of the validation cases, of stage 1 alone or of the cascade
+    (None without any)."""
     errors = []
     for case in cases:
         points, _ = locate_stage1(model, case.stage1_input, case.stage1_grid, device)
         if cascade:
             points, _ = refine(model, case.sampler, points, device)
-        errors.append(np.linalg.norm(points - case.landmarks_lps, axis=1))
-    return float(np.mean(errors))
+        errors.extend(np.linalg.norm(points - case.landmarks_lps, axis=1)[case.placed])
+    return float(np.mean(errors)) if errors else None
 
 
 def _spacing_summary(cases: list[CheckedCase]) -> dict:
