@@ -446,10 +446,7 @@ class CascadeLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def showRow(self, index, row):
         """Write a landmark's row: its label, confidence (or that it is not in view), how far it moved."""
-        if not row.in_view:
-            confidence = "outside the volume"
-        else:
-            confidence = f"{row.confidence:.2f}" + ("  check" if row.flagged else "")
+        confidence = f"{row.confidence:.2f}" + ("  check" if row.flagged else "") if row.in_view else "not in view"
         moved = f"{row.moved_mm:.1f}" if row.moved_mm == row.moved_mm else "no point"  # NaN: deleted or unplaced
         table = self.ui.landmarkTable
         for column, text in enumerate((row.label, confidence, moved, row.description)):

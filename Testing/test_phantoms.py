@@ -170,3 +170,50 @@ def test_the_phantom_command_refuses_a_bad_spacing(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["phantom", "cardiac", "--spacing", "0,1", "-o", str(tmp_path)])
     assert "not a spacing in mm" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def realistic_pair():
+    """Case 2 of the aortic phantom at 2 mm, plain and realistic (its noise grain, 1.1 mm, spans 2 mm voxels)."""
+    pair = {}
+    for realistic in (False, True):
+        anatomy = aortic.anatomy(2, realistic=realistic)
+        volume, landmarks = anatomy.case((2.0,) * 3, aortic.FIELD_OF_VIEW_MM, aortic.LANDMARK_SET)
+        pair[realistic] = (anatomy, volume, landmarks)
+    return pair
+
+
+def test_a_realistic_phantom_has_the_grain_of_ct_noise_and_the_plain_one_white_noise(realistic_pair):
+    from cascade_landmarks.bench.realism_report import _lumen_core, _noise
+
+    correlations = {}
+    for realistic, (anatomy, volume, _) in realistic_pair.items():
+        _, correlations[realistic] = _noise(volume, _lumen_core(volume, *anatomy.vessels["aorta"]))
+    assert correlations[False] < 0.0  # white noise (less the local mean: slightly negative)
+    assert correlations[True] > 0.15  # blurred noise, as a reconstruction filter leaves it (the real CTA: 0.10)
+
+
+def test_realistic_lungs_hold_vessels_and_the_landmarks_stay_in_contrast(realistic_pair):
+    from cascade_landmarks.bench.phantoms.anatomy import Ellipsoid
+
+    def dense_share_in_lungs(anatomy, volume):
+        lungs = [shape for shape, tissue, _ in anatomy.layers if tissue == "lung" and isinstance(shape, Ellipsoid)]
+        k, j, i = np.indices(volume.array.shape)
+        points = volume.geometry.index_to_lps(np.stack([i, j, k], axis=-1).reshape(-1, 3))
+        inside = np.min([lung.distance(points) for lung in lungs], axis=0) < -10.0  # 10 mm inside the pleura
+        return float(np.mean(volume.array.reshape(-1)[inside] > -500))
+
+    plain, realistic = (dense_share_in_lungs(*realistic_pair[key][:2]) for key in (False, True))
+    assert realistic > plain + 0.005  # vessels and their branches (and the pulmonary arteries) in the lungs
+    _, volume, landmarks = realistic_pair[True]
+    values = values_at(volume, landmarks.positions_lps)
+    assert np.all(values > 120.0), dict(zip(landmarks.labels, values, strict=True))  # portal venous: 140 HU up
+
+
+def test_the_realistic_additions_leave_the_plain_phantoms_as_they_were():
+    # Drawn from their own random stream: the same seed gives the plain case it gave before they existed.
+    plain, _ = aortic.make_case(7, spacing_mm=4.0)
+    again, _ = aortic.make_case(7, spacing_mm=4.0, realistic=False)
+    realistic, _ = aortic.make_case(7, spacing_mm=4.0, realistic=True)
+    assert np.array_equal(plain.array, again.array)
+    assert not np.array_equal(plain.array, realistic.array)

@@ -19,6 +19,7 @@ from cascade_landmarks.slicer.runs import DetectionRun, FineTuneRun
 from cascade_landmarks.slicer.workflow import (
     DETECTION_ATTRIBUTE,
     CaseExistsError,
+    detection_of,
     detection_rows,
     point_index,
     save_corrected_case,
@@ -220,7 +221,7 @@ def test_a_case_is_saved_only_with_its_own_volume_and_the_detections_landmarks(
     node.RemoveNthControlPoint(1)
     node.AddControlPoint(*(position + 1.0), "pts-4")
     assert point_index(node, "sphere 3") == 1  # the table finds the points by label, not by row
-    with pytest.raises(ValueError, match=r"missing sphere 2; not in model: pts-4\. Give each point the label"):
+    with pytest.raises(ValueError, match=r"not in model: pts-4\. Give each point the label of the landmark"):
         save_corrected_case(volume_node, node, folder)
     assert not folder.exists()
     node.SetNthControlPointLabel(point_index(node, "pts-4"), "sphere 2")
@@ -234,6 +235,28 @@ def test_a_case_is_saved_only_with_its_own_volume_and_the_detections_landmarks(
     np.testing.assert_allclose(
         read_landmarks(points_path).positions_ras[0], node.GetNthControlPointPositionWorld(0), atol=1e-6
     )
+
+
+def test_a_case_saved_in_part_keeps_what_the_user_placed_and_not_the_models_out_of_view_claims(
+    mrml_scene, oblique_case_file, trained_model_path, tmp_path
+):
+    from cascade_landmarks.slicer.workflow import DETECTION_ATTRIBUTE
+
+    volume_node = _load_volume_node(mrml_scene, oblique_case_file)
+    node = DetectionRun(mrml_scene, volume_node, trained_model_path).start().wait()
+    # As if the model had found sphere 3 out of view: its point is missing, and so the record says.
+    detection = detection_of(node)
+    detection.in_view[2] = False
+    node.SetAttribute(DETECTION_ATTRIBUTE, detection.to_json())
+    node.SetNthControlPointPositionMissing(2)
+    node.RemoveNthControlPoint(1)  # the user deletes sphere 2: it is left out, not known
+    _, points_path = save_corrected_case(volume_node, node, tmp_path / "corrected")
+    saved = read_landmarks(points_path)
+    assert saved.labels == ["sphere 1", "sphere 3"]
+    assert saved.statuses == ["defined", "undefined"]  # the model's claim is not taught as the user's
+    node.SetNthControlPointPositionMissing(0)
+    with pytest.raises(ValueError, match="None of the points is placed"):
+        save_corrected_case(volume_node, node, tmp_path / "corrected", case_name="none")
 
 
 def test_a_cancelled_fine_tuning_leaves_no_checkpoint_to_block_the_next(

@@ -9,6 +9,8 @@
 - ``benchmark [--quick]``: the paper's tables on synthetic phantoms (writes phantoms, trains, evaluates);
 - ``benchmark-speed``: time and peak memory of detection on a 512^3 volume;
 - ``benchmark-afids MODEL``: an afids-32 model scored on Colin27 beside the human raters;
+- ``benchmark-real MODEL...``: aortic-9 models on the real CT scans of the shared data;
+- ``compare-phantoms``: aortic phantoms, plain and realistic, against the real CTA (tissues, noise, a montage);
 - ``info VOLUME [LANDMARKS]``: a volume's geometry and, for each landmark, its RAS position, voxel index and
   the intensity there (the quickest check that a landmark file and a volume agree on coordinates);
 - ``convert LANDMARKS OUT``: between ``.fcsv``, ``.mrk.json`` (LPS or RAS) and long-format CSV;
@@ -146,6 +148,23 @@ def _add_bench_parsers(commands) -> None:
     )
     afids.set_defaults(run=_run_benchmark_afids)
 
+    real = commands.add_parser(
+        "benchmark-real", help="aortic-9 models on the real CT scans of the shared data: errors and in-view decisions"
+    )
+    real.add_argument("models", nargs="+", help="aortic-9 model files or registered names")
+    real.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
+    real.add_argument("-o", "--output", default="real-report", help="report folder (default: %(default)s)")
+    real.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    real.set_defaults(run=_run_benchmark_real)
+
+    compare = commands.add_parser(
+        "compare-phantoms", help="aortic phantoms, plain and realistic, set against the real CTA of the shared data"
+    )
+    compare.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
+    compare.add_argument("-o", "--output", default="phantoms-vs-real", help="report folder (default: %(default)s)")
+    compare.add_argument("--cases", type=int, default=4, help="phantoms of each kind (default: %(default)s)")
+    compare.set_defaults(run=_run_compare_phantoms)
+
 
 def _add_file_parsers(commands) -> None:
     info = commands.add_parser("info", help="show a volume's geometry and where landmarks fall in it")
@@ -182,6 +201,12 @@ def _add_phantom_parser(commands) -> None:
         help="voxel size in mm, one value or three (default: the paper's, 0.4 cardiac, 0.71,0.71,0.81 aortic)",
     )
     make_phantoms.add_argument("--format", choices=sorted(PHANTOM_FORMATS), default="nrrd", help="volume file format")
+    make_phantoms.add_argument(
+        "--realistic",
+        action="store_true",
+        help="add what a clinical CTA also shows: veins, lung vessels, airways, plaques, texture, correlated noise, "
+        "streaks, thick slices, contrast timing (default: the plain phantoms of the paper's tables)",
+    )
     make_phantoms.set_defaults(run=_run_phantom)
 
 
@@ -571,13 +596,34 @@ def _run_benchmark_afids(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_benchmark_real(args: argparse.Namespace) -> int:
+    from .bench.real_ct import real_ct_benchmark
+
+    print(real_ct_benchmark(args.data, args.models, args.output, device=args.device))
+    return 0
+
+
+def _run_compare_phantoms(args: argparse.Namespace) -> int:
+    from .bench.realism_report import compare_phantoms
+
+    print(compare_phantoms(args.data, args.output, seeds=range(1, args.cases + 1)))
+    print(f"Wrote {Path(args.output) / 'realism.md'} and {Path(args.output) / 'montage.png'}.")
+    return 0
+
+
 def _run_phantom(args: argparse.Namespace) -> int:
     if args.cases < 1:
         raise ValueError(f"--cases must be at least 1, not {args.cases}.")
     seeds = range(args.seed, args.seed + args.cases)
     task = args.reporter.task(f"{args.kind} phantoms", args.cases)
     written = write_phantoms(
-        args.kind, args.output, seeds, spacing_mm=args.spacing, file_format=args.format, on_case=task.update
+        args.kind,
+        args.output,
+        seeds,
+        spacing_mm=args.spacing,
+        file_format=args.format,
+        realistic=args.realistic,
+        on_case=task.update,
     )
     task.close()
     print(

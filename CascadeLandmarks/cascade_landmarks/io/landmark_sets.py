@@ -105,14 +105,13 @@ class LandmarkSet:
 
     def _in_order(self, landmarks: Landmarks) -> Landmarks:
         """``landmarks`` in this set's order, those it lacks as unplaced points with the set's descriptions."""
-        known = [label in landmarks.labels for label in self.labels]
-        rows = [landmarks.labels.index(label) if there else 0 for label, there in zip(self.labels, known, strict=True)]
-        positions = np.where(np.array(known)[:, None], landmarks.positions_lps[rows], np.nan)
+        rows = [landmarks.labels.index(label) if label in landmarks.labels else None for label in self.labels]
+        positions = [landmarks.positions_lps[row] if row is not None else [np.nan] * 3 for row in rows]
         descriptions = [
-            landmarks.descriptions[row] if there else d.description
-            for d, row, there in zip(self.landmarks, rows, known, strict=True)
+            landmarks.descriptions[row] if row is not None else d.description
+            for d, row in zip(self.landmarks, rows, strict=True)
         ]
-        missing = [bool(landmarks.missing[row]) and there for row, there in zip(rows, known, strict=True)]
+        missing = [row is not None and bool(landmarks.missing[row]) for row in rows]
         return Landmarks(self.labels, positions, descriptions, missing)
 
     def to_landmarks(self, positions_lps) -> Landmarks:

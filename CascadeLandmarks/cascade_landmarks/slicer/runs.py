@@ -164,7 +164,7 @@ class DetectionRun(BackgroundRun):
         flagged = int(np.sum(detection.flagged))
         self.status = f"Done: {flagged} of {len(detection.labels)} landmarks flagged for checking"
         if outside:
-            self.status += f" ({outside} outside the volume)"
+            self.status += f" ({outside} not in view)"
         if self.warnings:
             self.status += "; warning: check every point"
         self.fraction = 1.0

@@ -171,7 +171,9 @@ def save_corrected_case(
     ``corrections.csv``. Returns the two paths.
 
     A detected list is saved only with the volume it was detected on, and only with the detection's landmarks,
-    each placed once (what fine-tuning the model needs); a list no detection filled is saved as it is.
+    each once; a landmark may lack (a deleted point: not known) or be unplaced. A landmark the detection found out of
+    view, whose point the user did not place, is saved unplaced rather than missing: that was the model's claim,
+    and fine-tuning learns nothing from it. A list no detection filled is saved as it is.
 
     Raises:
         CaseExistsError: the case is in the folder and ``overwrite`` is False.
@@ -184,6 +186,10 @@ def save_corrected_case(
     detection = detection_of(point_list_node)
     if detection is not None:
         _check_detected_points(point_list_node, points, detection, volume_node)
+        claimed = {label for label, seen in zip(detection.labels, detection.in_view, strict=True) if not seen}
+        points.missing &= np.array([label not in claimed for label in points.labels], bool)
+    if not points.defined.any():
+        raise ValueError("None of the points is placed: place at least one landmark, then save again.")
     folder = Path(folder)
     case = _CASE_NAME.sub("_", case_name or volume_node.GetName()).strip("_") or "case"
     volume_path, points_path = folder / f"{case}.nrrd", folder / f"{case}.mrk.json"
@@ -206,11 +212,11 @@ def _check_detected_points(point_list_node, points, detection: Detection, volume
     landmarks = tuple(LandmarkDefinition(label, label, "") for label in detection.labels)
     detected = LandmarkSet(detection.model_name, "", "", landmarks)
     try:
-        detected.match(points, source=f"Point list {point_list_node.GetName()}")
+        detected.match(points, source=f"Point list {point_list_node.GetName()}", partial=True)
     except ValueError as error:
         raise ValueError(
             f"{error} Give each point the label of the landmark it marks, one point each, then save again: "
-            "fine-tuning needs every landmark of the model."
+            "fine-tuning learns each landmark by its label."
         ) from None
 
 

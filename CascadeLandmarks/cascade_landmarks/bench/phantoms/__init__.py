@@ -34,18 +34,20 @@ def write_phantoms(
     *,
     spacing_mm=None,
     file_format: str = "nrrd",
+    realistic: bool = False,
     on_case=None,
 ) -> list[Path]:
     """Write one case per seed into ``folder`` as ``<kind>-<seed>.nrrd`` (or ``.nii.gz``) and
-    ``<kind>-<seed>.mrk.json`` (LPS), a training folder; returns the volume paths. ``on_case(count)`` is
-    called after each case is written, with the number written so far."""
+    ``<kind>-<seed>.mrk.json`` (LPS), a training folder; returns the volume paths. ``realistic``: the phantoms
+    with what a clinical CTA also shows (see :mod:`.realism`). ``on_case(count)`` is called after each case is
+    written, with the number written so far."""
     module = phantom(kind)
     spacing_mm = module.DEFAULT_SPACING_MM if spacing_mm is None else spacing_mm
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for seed in seeds:
-        volume, landmarks = module.make_case(seed, spacing_mm=spacing_mm)
+        volume, landmarks = module.make_case(seed, spacing_mm=spacing_mm, realistic=realistic)
         name = f"{kind}-{seed:04d}"
         written.append(write_volume(volume, folder / f"{name}{FORMATS[file_format]}"))
         write_landmarks(landmarks, folder / f"{name}.mrk.json")

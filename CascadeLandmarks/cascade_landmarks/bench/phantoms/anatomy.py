@@ -20,6 +20,14 @@ from ...io.coordinates import Geometry
 from ...io.landmark_sets import load_landmark_set
 from ...io.landmarks import Landmarks
 from ...io.volumes import Volume
+from .realism import (
+    ScanLook,
+    add_streaks,
+    correlated_noise,
+    reconstruction_circle,
+    texture_fields,
+    thick_slices,
+)
 
 
 def unit(vector) -> np.ndarray:
@@ -205,17 +213,20 @@ def exit_point(centreline: np.ndarray, lumen: Shape, *, tolerance_mm: float = 1e
 
 
 class Canvas:
-    """An axis-aligned LPS grid being painted, as float32 Hounsfield units."""
+    """An axis-aligned LPS grid being painted, as float32 Hounsfield units; with ``fields`` (smooth random fields
+    on the grid, see :func:`~.realism.texture_fields`), a painted tissue may be given a texture."""
 
-    def __init__(self, geometry: Geometry, background_hu: float = -1000.0) -> None:
+    def __init__(self, geometry: Geometry, background_hu: float = -1000.0, fields: list | None = None) -> None:
         if not np.allclose(geometry.direction, np.eye(3)):
             raise ValueError("Phantoms are painted on an LPS-aligned grid; rotate the anatomy, not the grid.")
         self.geometry = geometry
         self.array = np.full(geometry.shape, background_hu, dtype=np.float32)
+        self.fields = fields or []
         self._axes = [geometry.origin[c] + geometry.spacing[c] * np.arange(geometry.size[c]) for c in range(3)]
 
-    def paint(self, shape: Shape, hu: float, *, inside: Shape | None = None) -> None:
-        """Fill ``shape`` with ``hu`` over what is there; with ``inside``, only where that shape is too."""
+    def paint(self, shape: Shape, hu: float, *, inside: Shape | None = None, texture=()) -> None:
+        """Fill ``shape`` with ``hu`` over what is there; with ``inside``, only where that shape is too; with
+        ``texture`` (amplitudes in HU, one per field), ``hu`` varies by the canvas's fields."""
         region = self._region(*shape.bounds())
         if region is None:
             return
@@ -228,7 +239,10 @@ class Canvas:
             np.maximum(cover[within], self._cover(piece, part), out=cover[within])
         if inside is not None:
             cover *= self._cover(inside, region)
-        self.array[region] += cover * (np.float32(hu) - self.array[region])
+        value = np.float32(hu)
+        for amplitude, texture_field in zip(texture, self.fields, strict=False):
+            value = value + np.float32(amplitude) * texture_field[region]
+        self.array[region] += cover * (value - self.array[region])
 
     def _region(self, low, high) -> tuple[slice, slice, slice] | None:
         """Array slices [k, j, i] of the voxels within a voxel of the box (low, high), or None if it misses."""
@@ -250,12 +264,20 @@ class Canvas:
         voxel = float(self.geometry.spacing.min())
         return np.clip(0.5 - shape.distance(points) / voxel, 0.0, 1.0).astype(np.float32)
 
-    def finish(self, rng: np.random.Generator, *, blur_mm: float, noise_hu: float) -> Volume:
-        """Blur by the scanner's point spread (Gaussian, sigma ``blur_mm``), add noise, round to int16 HU."""
+    def finish(self, rng: np.random.Generator, *, blur_mm: float, noise_hu: float, look: ScanLook | None = None):
+        """Blur by the scanner's point spread (Gaussian, sigma ``blur_mm``), add noise, round to int16 HU; with
+        ``look``, its point spread and noise grain, slice thickness, streaks and reconstruction circle instead."""
         image = sitk.GetImageFromArray(self.array)
-        image.SetSpacing(tuple(float(s) for s in self.geometry.spacing))
-        blurred = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, blur_mm))
-        blurred += rng.normal(0.0, noise_hu, size=blurred.shape).astype(np.float32)
+        spacing = tuple(float(s) for s in self.geometry.spacing)
+        image.SetSpacing(spacing)
+        blurred = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, look.blur_mm if look else blur_mm))
+        if look is None:
+            blurred += rng.normal(0.0, noise_hu, size=blurred.shape).astype(np.float32)
+        else:
+            blurred = thick_slices(blurred, spacing[2], look.slice_mm)
+            add_streaks(blurred, spacing, look.streaks_hu, rng)
+            blurred += look.noise_hu * correlated_noise(blurred.shape, spacing, look.noise_mm, rng)
+            reconstruction_circle(blurred, spacing, look.circle_mm)
         array = np.clip(np.rint(blurred), -1024, 3071).astype(np.int16)
         return Volume(array=array, geometry=self.geometry)
 
@@ -353,6 +375,8 @@ class Anatomy:
         centre: LPS mm of the field of view's centre.
         blur_mm, noise_hu: the scanner's point spread (Gaussian sigma) and noise (standard deviation).
         seed: for the noise.
+        look: how the scan looks beyond its anatomy (texture, noise grain, streaks, thick slices, the
+            reconstruction circle; see :mod:`.realism`), or None for flat tissues and white noise.
     """
 
     layers: list
@@ -364,6 +388,7 @@ class Anatomy:
     blur_mm: float
     noise_hu: float
     seed: int
+    look: ScanLook | None = None
 
     def render(self, spacing_mm, field_of_view_mm, *, holding: np.ndarray | None = None) -> Volume:
         """The CT volume (int16 HU) on an LPS-aligned grid of ``spacing_mm`` voxels round ``centre``; moved, if
@@ -379,10 +404,13 @@ class Anatomy:
             high = geometry.origin + (size - 1.5) * spacing
             shift = np.minimum(holding.min(axis=0) - low, 0) + np.maximum(holding.max(axis=0) - high, 0)
             geometry = Geometry(size=size, spacing=spacing, origin=geometry.origin + shift, direction=np.eye(3))
-        canvas = Canvas(geometry, background_hu=self.tissues[self.background])
+        rng = np.random.default_rng([self.seed, 1])
+        fields = texture_fields(geometry.shape, geometry.spacing, rng) if self.look else None
+        canvas = Canvas(geometry, background_hu=self.tissues[self.background], fields=fields)
+        textures = self.look.textures if self.look else {}
         for shape, tissue, clip in self.layers:
-            canvas.paint(shape, self.tissues[tissue], inside=clip)
-        return canvas.finish(np.random.default_rng([self.seed, 1]), blur_mm=self.blur_mm, noise_hu=self.noise_hu)
+            canvas.paint(shape, self.tissues[tissue], inside=clip, texture=textures.get(tissue, ()))
+        return canvas.finish(rng, blur_mm=self.blur_mm, noise_hu=self.noise_hu, look=self.look)
 
     def case(self, spacing_mm, field_of_view_mm, landmark_set: str) -> tuple[Volume, Landmarks]:
         """The rendered volume and the landmarks of ``landmark_set`` (its order and descriptions)."""

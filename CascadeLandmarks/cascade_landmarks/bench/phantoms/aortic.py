@@ -14,31 +14,61 @@ The landmarks follow their definitions in ``Resources/LandmarkSets/aortic-9.json
 its centreline leaves the aortic lumen; the aortic bifurcation is where the centrelines of the common iliacs meet
 the aorta's. Levels follow the textbook (celiac at T12/L1, the SMA about 1 cm below it, the renals 1-2.5 cm
 lower, the IMA at L3, the bifurcation at L4); sizes, angles, levels, curvature, pose, contrast, noise and blur
-vary from case to case, and the same seed gives the same case. Everything here is synthetic.
+vary from case to case, and the same seed gives the same case.
+
+``realistic=True`` adds what a clinical CTA also shows (:func:`_realistic_layers`, and the scanner's look of
+:mod:`.realism`): the superior vena cava and brachiocephalic veins (one of them carrying undiluted contrast in
+the arterial phases), the inferior vena cava, renal and portal veins; the pulmonary trunk and arteries, vessel
+trees in textured lungs, trachea, bronchi and oesophagus; calcified plaques, at times a dissection flap with its
+false lumen, or an aneurysm; the patient's build, the arms and the table; contrast timing from early arterial to
+portal venous. Drawn from a random stream of their own, so the plain phantoms stay as they were. Everything here
+is synthetic.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ...io.landmarks import Landmarks
 from ...io.volumes import Volume
-from .anatomy import Anatomy, Ellipsoid, Pose, Tube, curve, exit_point, rotation, spine, tissue_values
+from .anatomy import (
+    Anatomy,
+    Box,
+    Ellipsoid,
+    Pose,
+    Tube,
+    across,
+    axes_along,
+    curve,
+    exit_point,
+    rotation,
+    spine,
+    tissue_values,
+    unit,
+)
+from .realism import ScanLook, realistic_tissues
 
 LANDMARK_SET = "aortic-9"
 DEFAULT_SPACING_MM = (0.71, 0.71, 0.81)
 FIELD_OF_VIEW_MM = (300.0, 250.0, 500.0)
 
 
-def make_case(seed: int, *, spacing_mm=DEFAULT_SPACING_MM) -> tuple[Volume, Landmarks]:
+def make_case(seed: int, *, spacing_mm=DEFAULT_SPACING_MM, realistic: bool = False) -> tuple[Volume, Landmarks]:
     """One aortic CTA phantom (int16 HU) and its nine landmarks (LPS mm); the same seed gives the same case."""
-    return anatomy(seed).case(spacing_mm, FIELD_OF_VIEW_MM, LANDMARK_SET)
+    return anatomy(seed, realistic=realistic).case(spacing_mm, FIELD_OF_VIEW_MM, LANDMARK_SET)
 
 
-def anatomy(seed: int) -> Anatomy:
-    """The anatomy of case ``seed``, before it meets a voxel grid."""
+def anatomy(seed: int, *, realistic: bool = False) -> Anatomy:
+    """The anatomy of case ``seed``, before it meets a voxel grid (with ``realistic``, what a clinical CTA also
+    shows)."""
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng([seed, 7])  # the realistic additions' own stream
     hu = tissue_values(rng)
+    look = ScanLook.random(extra) if realistic else None
+    if look is not None:
+        hu = realistic_tissues(extra, look.phase)
     scale = rng.uniform(0.92, 1.08)
 
     def vary(points, mm):
@@ -69,6 +99,9 @@ def anatomy(seed: int) -> Anatomy:
     control_radii = [12, 15, 14, 13, 12.5, 12, 12, 11.5, 11, 10, 9.5, 8.5]
     size = rng.uniform(0.9, 1.1) * scale
     radius = size * np.interp(walked, at_control, control_radii)
+    if realistic and extra.random() < 0.15:  # an aneurysm: ascending, or below the renal arteries
+        middle_mm = extra.uniform(20, 60) if extra.random() < 0.4 else walked[-1] - extra.uniform(40, 90)
+        radius = radius * (1 + extra.uniform(0.3, 0.9) * np.exp(-(((walked - middle_mm) / extra.uniform(15, 35)) ** 2)))
     aorta = Tube(centreline, radius)
     bifurcation = centreline[-1]
 
@@ -162,7 +195,9 @@ def anatomy(seed: int) -> Anatomy:
         layers.append((shape, tissue, None))
 
     # Body wall, then the organs, then the vessels over them.
-    paint(Ellipsoid(place(np.array([0, 30, -120]) * scale), np.array([150, 112, 2000]) * scale, pose.turn), "fat")
+    build = extra.uniform(0.95, 1.3) if realistic else 1.0  # the fat round the body: lean to obese
+    body = np.array([150 * build, 112 * build, 2000]) * scale
+    paint(Ellipsoid(place(np.array([0, 30, -120]) * scale), body, pose.turn), "fat")
     paint(Ellipsoid(place(np.array([0, 30, -120]) * scale), np.array([138, 100, 2000]) * scale, pose.turn), "muscle")
     paint(Ellipsoid(place(np.array([0, 32, -260]) * scale), np.array([120, 78, 170]) * scale, pose.turn), "fat")
     for sign in (-1, 1):
@@ -189,9 +224,15 @@ def anatomy(seed: int) -> Anatomy:
 
     vessels = {"aorta": (place(centreline), Tube(place(centreline), radius))}
     vessels.update({name: (place(points), Tube(place(points), radii)) for name, (points, radii) in branches.items()})
+    lumen = vessels["aorta"][1]
+    extras = _realistic_layers(extra, place, pose, scale, centreline, radius, kidneys, build) if realistic else None
+    if extras:
+        layers.extend(extras.before_arteries)
     for _, vessel in vessels.values():
         paint(vessel, "blood")
-    lumen = vessels["aorta"][1]
+    if extras:
+        layers.extend((shape, tissue, None) for shape, tissue in extras.on_the_aorta)
+        layers.extend((shape, tissue, lumen) for shape, tissue in extras.in_the_lumen)
 
     def origin_of(name):
         return exit_point(vessels[name][0], lumen)
@@ -216,4 +257,137 @@ def anatomy(seed: int) -> Anatomy:
         blur_mm=rng.uniform(0.5, 0.9),
         noise_hu=rng.uniform(12.0, 35.0),
         seed=seed,
+        look=look,
     )
+
+
+@dataclass
+class _Extras:
+    """What a clinical CTA shows beyond the plain phantom, in painting order: before the arteries (shape, tissue,
+    clip or None), then over the aortic wall (shape, tissue), then inside the aortic lumen only (shape, tissue)."""
+
+    before_arteries: list = field(default_factory=list)
+    on_the_aorta: list = field(default_factory=list)
+    in_the_lumen: list = field(default_factory=list)
+
+
+def _realistic_layers(rng, place, pose, scale, centreline, radius, kidneys, build) -> _Extras:
+    """Veins, pulmonary arteries, lung vessels and airways, oesophagus, arms, table, plaques and a dissection, in
+    the anatomical frame (LPS mm, origin at the aortic annulus), placed into the scanner by ``place``."""
+    extras = _Extras()
+    before = extras.before_arteries
+
+    def tube(points, radius_mm, tissue, clip=None, step=1.0):
+        points = curve(
+            np.asarray(points, dtype=float) * scale + rng.normal(0, 2.0, size=np.shape(points)), step_mm=step
+        )
+        before.append((Tube(place(points), np.linspace(*np.broadcast_to(radius_mm, 2), len(points))), tissue, clip))
+        return points
+
+    # Veins: the arm with the injection carries undiluted contrast in the arterial phases.
+    injected = rng.choice(["right", "left"], p=[0.8, 0.2])
+    svc_top = np.array([-26.0, 2.0, 72.0])
+    tube(
+        [[-60, 5, 135], [-38, 2, 105], svc_top],
+        (6.5, 8.0),
+        "contrast inflow" if injected == "right" else "venous blood",
+    )
+    tube([[62, 0, 128], [35, -14, 108], [0, -18, 96], svc_top], 6.0,
+         "contrast inflow" if injected == "left" else "venous blood")  # fmt: skip
+    tube([svc_top, [-24, 4, 30], [-18, 6, -10]], 9.0, "contrast inflow" if rng.random() < 0.5 else "venous blood")
+    ivc = tube([[-16, 12, -60], [-24, 40, -130], [-24, 52, -220], [-22, 58, -300], [-12, 62, -345]], 11.0,
+               "venous blood")  # fmt: skip
+    left_kidney, right_kidney = kidneys["left"], kidneys["right"]
+    renal_meet = ivc[np.argmin(np.abs(ivc[:, 2] - left_kidney[2]))] / scale
+    tube([left_kidney / scale - [22, 6, -8], [22, 30, left_kidney[2] / scale + 6], renal_meet], 5.0, "venous blood")
+    tube([right_kidney / scale + [22, -6, 8], renal_meet], 5.5, "venous blood")
+    tube([[-10, 30, -225], [-30, 18, -210], [-50, 12, -195]], 7.0, "venous blood")  # portal vein to the liver
+    tube([[-10, 30, -225], [30, 45, -215], [70, 50, -195]], 4.5, "venous blood")  # splenic vein
+
+    # The pulmonary trunk from the right ventricle, its arteries, and vessel trees in the lungs.
+    split = np.array([18.0, 8.0, 42.0])
+    tube([[28, -45, 5], [26, -25, 28], split], 13.0, "pulmonary blood")
+    tube([split, [40, 18, 40], [58, 30, 30]], 10.0, "pulmonary blood")
+    tube([split, [-10, 20, 36], [-45, 26, 30]], 10.0, "pulmonary blood")
+    for side in (-1, 1):
+        lung = Ellipsoid(place(np.array([side * 68, 40, -20]) * scale), np.array([58, 72, 135]) * scale, pose.turn)
+        for _ in range(int(rng.integers(6, 12))):
+            _vessel_tree(rng, before, place, scale, np.array([side * 52, 28, 30]), side, lung, depth=3)
+
+    # The abdomen's contents: bowel loops (some holding air) in front of the vessels, psoas and back muscles.
+    for _ in range(int(rng.integers(25, 50))):
+        centre = np.array([rng.uniform(-100, 100), rng.uniform(-85, 15), rng.uniform(-410, -200)])
+        radii = rng.uniform(10, 28, 3)
+        loop = Ellipsoid(
+            place(centre * scale), radii * scale, pose.axes(rotation(rng.normal(size=3), rng.uniform(0, 90)))
+        )
+        before.append((loop, "bowel", None))
+        if rng.random() < 0.3:
+            before.append((Ellipsoid(place(centre * scale), radii * scale * 0.5, loop.axes), "airway", None))
+    for side in (-1, 1):
+        tube([[side * 22, 70, -230], [side * 40, 62, -330], [side * 60, 45, -420]], (9.0, 20.0), "muscle")
+        tube([[side * 40, 120, 100], [side * 40, 125, -200], [side * 38, 120, -420]], 22.0, "muscle")
+
+    # Airways and the oesophagus.
+    carina = np.array([-2.0, 24.0, 50.0])
+    tube([[-2, 20, 220], [-2, 22, 120], carina], 9.0, "airway")
+    tube([carina, [-30, 28, 30], [-48, 30, 20]], 6.0, "airway")
+    tube([carina, [30, 32, 30], [50, 34, 18]], 5.5, "airway")
+    gullet = [[6, 40, 220], [6, 42, 100], [10, 46, 0], [22, 34, -150], [50, 22, -175]]
+    tube(gullet, 8.0, "muscle")
+    if rng.random() < 0.5:
+        tube(gullet[: int(rng.integers(2, 5))], 2.5, "airway")
+
+    # The patient's arms beside the chest (in half the scans: the others have them up), and the table.
+    if rng.random() < 0.5:
+        for side in (-1, 1):
+            shoulder = np.array([side * (150 * build + 35), 25, 120])
+            before.append((Ellipsoid(place(shoulder * scale + [0, 0, -130]), np.array([40, 45, 170]) * scale,
+                                     pose.turn), "fat", None))  # fmt: skip
+            before.append((Ellipsoid(place(shoulder * scale + [0, 0, -130]), np.array([32, 37, 165]) * scale,
+                                     pose.turn), "muscle", None))  # fmt: skip
+            bone = [shoulder, shoulder + np.array([0, 5, -150]), shoulder + np.array([0, 10, -290])]
+            tube(bone, 11.0, "cortical bone")
+            tube(bone, 7.0, "cancellous bone")
+    back = 30 + 112 * build
+    before.append((Box(place(np.array([0.0, back + 18, -120]) * scale), [260, 8, 1500], pose.turn), "table", None))
+
+    # Calcified plaques on the aortic wall, and at times a dissection flap with its false lumen.
+    walked = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(centreline, axis=0), axis=1))])
+    for _ in range(int(rng.poisson(4))):
+        n = int(rng.integers(len(centreline)))
+        tangent = centreline[min(n + 1, len(centreline) - 1)] - centreline[max(n - 1, 0)]
+        outward = rotation(tangent, rng.uniform(0, 360)) @ axes_along(tangent)[:, 1]
+        centre = centreline[n] + (radius[n] - 0.5) * outward
+        extras.on_the_aorta.append((Ellipsoid(place(centre), rng.uniform(0.8, 2.5, 3), pose.axes(axes_along(tangent))),
+                                    "calcium"))  # fmt: skip
+    if rng.random() < 0.15:
+        start = int(np.searchsorted(walked, rng.uniform(60, 140)))
+        stop = int(np.searchsorted(walked, rng.uniform(walked[-1] - 200, walked[-1] - 30)))
+        normal = rng.normal(size=3)
+        for n in range(start, max(stop, start + 1), 4):
+            tangent = centreline[min(n + 4, len(centreline) - 1)] - centreline[n]
+            frame = axes_along(tangent)
+            side = across(normal, tangent)
+            half = np.linalg.norm(tangent) / 2 + 0.5
+            middle = (centreline[n] + centreline[min(n + 4, len(centreline) - 1)]) / 2
+            false_lumen = Box(place(middle + side * radius[n] / 2), [half, radius[n] / 2, radius[n]],
+                              pose.axes(np.column_stack([frame[:, 0], side, np.cross(frame[:, 0], side)])))  # fmt: skip
+            flap = Box(place(middle), [half, 0.8, radius[n]],
+                       pose.axes(np.column_stack([frame[:, 0], side, np.cross(frame[:, 0], side)])))  # fmt: skip
+            extras.in_the_lumen += [(false_lumen, "false lumen"), (flap, "soft tissue")]
+    return extras
+
+
+def _vessel_tree(rng, layers, place, scale, start, side, lung, *, depth: int) -> None:
+    """A random branching vessel from ``start`` outwards into the lung on ``side``, thinning as it branches."""
+    direction = unit([side * 1.0, rng.normal(0, 0.6), rng.normal(0, 0.8)])
+    stack = [(np.asarray(start, float), direction, 3.5, depth)]
+    while stack:
+        point, heading, width, left = stack.pop()
+        end = point + heading * rng.uniform(18, 40)
+        layers.append((Tube(place(np.array([point, end]) * scale), [width, width * 0.8]), "pulmonary blood", lung))
+        if left > 1:
+            for _ in range(2):
+                turn = rotation(rng.normal(size=3), rng.uniform(20, 45))
+                stack.append((end, turn @ heading, width * 0.7, left - 1))

@@ -46,21 +46,28 @@ from .anatomy import (
     tissue_values,
     unit,
 )
+from .realism import ScanLook, realistic_tissues
 
 LANDMARK_SET = "cardiac-5"
 DEFAULT_SPACING_MM = (0.4, 0.4, 0.4)
 FIELD_OF_VIEW_MM = (128.0, 128.0, 128.0)
 
 
-def make_case(seed: int, *, spacing_mm=DEFAULT_SPACING_MM) -> tuple[Volume, Landmarks]:
+def make_case(seed: int, *, spacing_mm=DEFAULT_SPACING_MM, realistic: bool = False) -> tuple[Volume, Landmarks]:
     """One cardiac CTA phantom (int16 HU) and its five landmarks (LPS mm); the same seed gives the same case."""
-    return anatomy(seed).case(spacing_mm, FIELD_OF_VIEW_MM, LANDMARK_SET)
+    return anatomy(seed, realistic=realistic).case(spacing_mm, FIELD_OF_VIEW_MM, LANDMARK_SET)
 
 
-def anatomy(seed: int) -> Anatomy:
-    """The anatomy of case ``seed``, before it meets a voxel grid."""
+def anatomy(seed: int, *, realistic: bool = False) -> Anatomy:
+    """The anatomy of case ``seed``, before it meets a voxel grid (with ``realistic``, the scanner's look of
+    :mod:`.realism` and its contrast timing, drawn from a stream of their own)."""
     rng = np.random.default_rng(seed)
     hu = tissue_values(rng)
+    look = None
+    if realistic:
+        extra = np.random.default_rng([seed, 7])
+        look = ScanLook.random(extra, phase=("arterial", "late arterial")[int(extra.integers(2))])  # gated CTA
+        hu = realistic_tissues(extra, look.phase)
     scale = rng.uniform(0.9, 1.1)
 
     # The aortic root: annulus at the origin, axis tilted up, right and forward.
@@ -226,4 +233,5 @@ def anatomy(seed: int) -> Anatomy:
         blur_mm=rng.uniform(0.35, 0.7),
         noise_hu=rng.uniform(12.0, 35.0),
         seed=seed,
+        look=look,
     )
