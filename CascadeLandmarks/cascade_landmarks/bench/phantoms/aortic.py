@@ -274,17 +274,44 @@ class _Extras:
 def _realistic_layers(rng, place, pose, scale, centreline, radius, kidneys, build) -> _Extras:
     """Veins, pulmonary arteries, lung vessels and airways, oesophagus, arms, table, plaques and a dissection, in
     the anatomical frame (LPS mm, origin at the aortic annulus), placed into the scanner by ``place``."""
-    extras = _Extras()
-    before = extras.before_arteries
+    painter = _Painter(rng, place, pose, scale)
+    _veins(painter, kidneys)
+    _lungs(painter)
+    _abdomen(painter)
+    _airways(painter)
+    _patient(painter, build)
+    _aortic_wall(painter, centreline, radius)
+    return painter.extras
 
-    def tube(points, radius_mm, tissue, clip=None, step=1.0):
-        points = curve(
-            np.asarray(points, dtype=float) * scale + rng.normal(0, 2.0, size=np.shape(points)), step_mm=step
-        )
-        before.append((Tube(place(points), np.linspace(*np.broadcast_to(radius_mm, 2), len(points))), tissue, clip))
+
+@dataclass
+class _Painter:
+    """Draws the realistic additions from ``rng`` and collects them in ``extras``, placed by ``place``."""
+
+    rng: np.random.Generator
+    place: object
+    pose: Pose
+    scale: float
+    extras: _Extras = field(default_factory=_Extras)
+
+    def add(self, shape, tissue: str, clip=None) -> None:
+        """Paint ``shape`` before the arteries (within ``clip``, if given)."""
+        self.extras.before_arteries.append((shape, tissue, clip))
+
+    def tube(self, points, radius_mm, tissue: str, clip=None) -> np.ndarray:
+        """A smooth tube through ``points`` (anatomical mm, jittered by 2 mm), its radius going from the first of
+        ``radius_mm`` to the last; returns its centreline (scaled, anatomical frame)."""
+        jitter = self.rng.normal(0, 2.0, size=np.shape(points))
+        points = curve(np.asarray(points, dtype=float) * self.scale + jitter, step_mm=1.0)
+        radii = np.linspace(*np.broadcast_to(radius_mm, 2), len(points))
+        self.add(Tube(self.place(points), radii), tissue, clip)
         return points
 
-    # Veins: the arm with the injection carries undiluted contrast in the arterial phases.
+
+def _veins(painter: _Painter, kidneys) -> None:
+    """The superior vena cava and brachiocephalic veins (the injected arm's carries undiluted contrast in the
+    arterial phases), the inferior vena cava, the renal veins, the portal and splenic veins."""
+    rng, tube, scale = painter.rng, painter.tube, painter.scale
     injected = rng.choice(["right", "left"], p=[0.8, 0.2])
     svc_top = np.array([-26.0, 2.0, 72.0])
     tube(
@@ -304,31 +331,24 @@ def _realistic_layers(rng, place, pose, scale, centreline, radius, kidneys, buil
     tube([[-10, 30, -225], [-30, 18, -210], [-50, 12, -195]], 7.0, "venous blood")  # portal vein to the liver
     tube([[-10, 30, -225], [30, 45, -215], [70, 50, -195]], 4.5, "venous blood")  # splenic vein
 
-    # The pulmonary trunk from the right ventricle, its arteries, and vessel trees in the lungs.
+
+def _lungs(painter: _Painter) -> None:
+    """The pulmonary trunk from the right ventricle and its arteries, and vessel trees in the lungs."""
+    rng, tube, scale, place = painter.rng, painter.tube, painter.scale, painter.place
     split = np.array([18.0, 8.0, 42.0])
     tube([[28, -45, 5], [26, -25, 28], split], 13.0, "pulmonary blood")
     tube([split, [40, 18, 40], [58, 30, 30]], 10.0, "pulmonary blood")
     tube([split, [-10, 20, 36], [-45, 26, 30]], 10.0, "pulmonary blood")
     for side in (-1, 1):
-        lung = Ellipsoid(place(np.array([side * 68, 40, -20]) * scale), np.array([58, 72, 135]) * scale, pose.turn)
+        lung = Ellipsoid(place(np.array([side * 68, 40, -20]) * scale), np.array([58, 72, 135]) * scale,
+                         painter.pose.turn)  # fmt: skip
         for _ in range(int(rng.integers(6, 12))):
-            _vessel_tree(rng, before, place, scale, np.array([side * 52, 28, 30]), side, lung, depth=3)
+            _vessel_tree(painter, np.array([side * 52, 28, 30]), side, lung, depth=3)
 
-    # The abdomen's contents: bowel loops (some holding air) in front of the vessels, psoas and back muscles.
-    for _ in range(int(rng.integers(25, 50))):
-        centre = np.array([rng.uniform(-100, 100), rng.uniform(-85, 15), rng.uniform(-410, -200)])
-        radii = rng.uniform(10, 28, 3)
-        loop = Ellipsoid(
-            place(centre * scale), radii * scale, pose.axes(rotation(rng.normal(size=3), rng.uniform(0, 90)))
-        )
-        before.append((loop, "bowel", None))
-        if rng.random() < 0.3:
-            before.append((Ellipsoid(place(centre * scale), radii * scale * 0.5, loop.axes), "airway", None))
-    for side in (-1, 1):
-        tube([[side * 22, 70, -230], [side * 40, 62, -330], [side * 60, 45, -420]], (9.0, 20.0), "muscle")
-        tube([[side * 40, 120, 100], [side * 40, 125, -200], [side * 38, 120, -420]], 22.0, "muscle")
 
-    # Airways and the oesophagus.
+def _airways(painter: _Painter) -> None:
+    """The trachea and main bronchi, and the oesophagus (at times holding air)."""
+    rng, tube = painter.rng, painter.tube
     carina = np.array([-2.0, 24.0, 50.0])
     tube([[-2, 20, 220], [-2, 22, 120], carina], 9.0, "airway")
     tube([carina, [-30, 28, 30], [-48, 30, 20]], 6.0, "airway")
@@ -338,55 +358,77 @@ def _realistic_layers(rng, place, pose, scale, centreline, radius, kidneys, buil
     if rng.random() < 0.5:
         tube(gullet[: int(rng.integers(2, 5))], 2.5, "airway")
 
-    # The patient's arms beside the chest (in half the scans: the others have them up), and the table.
+
+def _abdomen(painter: _Painter) -> None:
+    """Bowel loops (some holding air) in front of the vessels; the psoas and back muscles."""
+    rng, scale, place, pose = painter.rng, painter.scale, painter.place, painter.pose
+    for _ in range(int(rng.integers(25, 50))):
+        centre = np.array([rng.uniform(-100, 100), rng.uniform(-85, 15), rng.uniform(-410, -200)])
+        radii = rng.uniform(10, 28, 3)
+        turn = pose.axes(rotation(rng.normal(size=3), rng.uniform(0, 90)))
+        loop = Ellipsoid(place(centre * scale), radii * scale, turn)
+        painter.add(loop, "bowel")
+        if rng.random() < 0.3:
+            painter.add(Ellipsoid(place(centre * scale), radii * scale * 0.5, loop.axes), "airway")
+    for side in (-1, 1):
+        painter.tube([[side * 22, 70, -230], [side * 40, 62, -330], [side * 60, 45, -420]], (9.0, 20.0), "muscle")
+        painter.tube([[side * 40, 120, 100], [side * 40, 125, -200], [side * 38, 120, -420]], 22.0, "muscle")
+
+
+def _patient(painter: _Painter, build: float) -> None:
+    """The arms beside the chest (in half the scans: the others have them up), and the table under the back."""
+    rng, scale, place, pose = painter.rng, painter.scale, painter.place, painter.pose
     if rng.random() < 0.5:
         for side in (-1, 1):
             shoulder = np.array([side * (150 * build + 35), 25, 120])
-            before.append((Ellipsoid(place(shoulder * scale + [0, 0, -130]), np.array([40, 45, 170]) * scale,
-                                     pose.turn), "fat", None))  # fmt: skip
-            before.append((Ellipsoid(place(shoulder * scale + [0, 0, -130]), np.array([32, 37, 165]) * scale,
-                                     pose.turn), "muscle", None))  # fmt: skip
+            arm = place(shoulder * scale + [0, 0, -130])
+            painter.add(Ellipsoid(arm, np.array([40, 45, 170]) * scale, pose.turn), "fat")
+            painter.add(Ellipsoid(arm, np.array([32, 37, 165]) * scale, pose.turn), "muscle")
             bone = [shoulder, shoulder + np.array([0, 5, -150]), shoulder + np.array([0, 10, -290])]
-            tube(bone, 11.0, "cortical bone")
-            tube(bone, 7.0, "cancellous bone")
+            painter.tube(bone, 11.0, "cortical bone")
+            painter.tube(bone, 7.0, "cancellous bone")
     back = 30 + 112 * build
-    before.append((Box(place(np.array([0.0, back + 18, -120]) * scale), [260, 8, 1500], pose.turn), "table", None))
+    painter.add(Box(place(np.array([0.0, back + 18, -120]) * scale), [260, 8, 1500], pose.turn), "table")
 
-    # Calcified plaques on the aortic wall, and at times a dissection flap with its false lumen.
+
+def _aortic_wall(painter: _Painter, centreline: np.ndarray, radius: np.ndarray) -> None:
+    """Calcified plaques on the aortic wall, and at times (15% of scans) a dissection: a flap along the descending
+    aorta with a false lumen of its own contrast on one side."""
+    rng, place, pose, extras = painter.rng, painter.place, painter.pose, painter.extras
     walked = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(centreline, axis=0), axis=1))])
     for _ in range(int(rng.poisson(4))):
         n = int(rng.integers(len(centreline)))
         tangent = centreline[min(n + 1, len(centreline) - 1)] - centreline[max(n - 1, 0)]
         outward = rotation(tangent, rng.uniform(0, 360)) @ axes_along(tangent)[:, 1]
         centre = centreline[n] + (radius[n] - 0.5) * outward
-        extras.on_the_aorta.append((Ellipsoid(place(centre), rng.uniform(0.8, 2.5, 3), pose.axes(axes_along(tangent))),
-                                    "calcium"))  # fmt: skip
-    if rng.random() < 0.15:
-        start = int(np.searchsorted(walked, rng.uniform(60, 140)))
-        stop = int(np.searchsorted(walked, rng.uniform(walked[-1] - 200, walked[-1] - 30)))
-        normal = rng.normal(size=3)
-        for n in range(start, max(stop, start + 1), 4):
-            tangent = centreline[min(n + 4, len(centreline) - 1)] - centreline[n]
-            frame = axes_along(tangent)
-            side = across(normal, tangent)
-            half = np.linalg.norm(tangent) / 2 + 0.5
-            middle = (centreline[n] + centreline[min(n + 4, len(centreline) - 1)]) / 2
-            false_lumen = Box(place(middle + side * radius[n] / 2), [half, radius[n] / 2, radius[n]],
-                              pose.axes(np.column_stack([frame[:, 0], side, np.cross(frame[:, 0], side)])))  # fmt: skip
-            flap = Box(place(middle), [half, 0.8, radius[n]],
-                       pose.axes(np.column_stack([frame[:, 0], side, np.cross(frame[:, 0], side)])))  # fmt: skip
-            extras.in_the_lumen += [(false_lumen, "false lumen"), (flap, "soft tissue")]
-    return extras
+        plaque = Ellipsoid(place(centre), rng.uniform(0.8, 2.5, 3), pose.axes(axes_along(tangent)))
+        extras.on_the_aorta.append((plaque, "calcium"))
+    if rng.random() >= 0.15:
+        return
+    start = int(np.searchsorted(walked, rng.uniform(60, 140)))
+    stop = int(np.searchsorted(walked, rng.uniform(walked[-1] - 200, walked[-1] - 30)))
+    normal = rng.normal(size=3)
+    for n in range(start, max(stop, start + 1), 4):
+        end = centreline[min(n + 4, len(centreline) - 1)]
+        tangent = end - centreline[n]
+        side = across(normal, tangent)
+        axes = pose.axes(np.column_stack([unit(tangent), side, np.cross(unit(tangent), side)]))
+        half, middle = np.linalg.norm(tangent) / 2 + 0.5, (centreline[n] + end) / 2
+        extras.in_the_lumen += [
+            (Box(place(middle + side * radius[n] / 2), [half, radius[n] / 2, radius[n]], axes), "false lumen"),
+            (Box(place(middle), [half, 0.8, radius[n]], axes), "soft tissue"),
+        ]
 
 
-def _vessel_tree(rng, layers, place, scale, start, side, lung, *, depth: int) -> None:
+def _vessel_tree(painter: _Painter, start, side, lung, *, depth: int) -> None:
     """A random branching vessel from ``start`` outwards into the lung on ``side``, thinning as it branches."""
+    rng, place, scale = painter.rng, painter.place, painter.scale
     direction = unit([side * 1.0, rng.normal(0, 0.6), rng.normal(0, 0.8)])
     stack = [(np.asarray(start, float), direction, 3.5, depth)]
     while stack:
         point, heading, width, left = stack.pop()
         end = point + heading * rng.uniform(18, 40)
-        layers.append((Tube(place(np.array([point, end]) * scale), [width, width * 0.8]), "pulmonary blood", lung))
+        painter.add(Tube(place(np.array([point, end]) * scale), [width, width * 0.8]), "pulmonary blood", lung)
         if left > 1:
             for _ in range(2):
                 turn = rotation(rng.normal(size=3), rng.uniform(20, 45))
