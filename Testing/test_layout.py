@@ -20,7 +20,7 @@ MAY_IMPORT = {
     "inference": {"io", "model"},
     "training": {"io", "model", "inference"},
     "evaluation": {"io", "model", "inference"},
-    "bench": {"io", "model", "inference", "training", "evaluation"},
+    "bench": {"io", "model", "inference", "training", "evaluation", "slicer"},  # the correction loop drives slicer/
     "slicer": {"io", "model", "inference", "training"},
 }
 # Modules that a process without torch must be able to import (the Slicer application's, listing models and

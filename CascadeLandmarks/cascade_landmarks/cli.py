@@ -10,6 +10,7 @@
 - ``benchmark-speed``: time and peak memory of detection on a 512^3 volume;
 - ``benchmark-afids MODEL``: an afids-32 model scored on Colin27 beside the human raters;
 - ``benchmark-real MODEL...``: aortic-9 models on the real CT scans of the shared data;
+- ``benchmark-correction MODEL``: the annotation loop on the real CTA (detect, correct, save, fine-tune), re-scored;
 - ``compare-phantoms``: aortic phantoms, plain and realistic, against the real CTA (tissues, noise, a montage);
 - ``info VOLUME [LANDMARKS]``: a volume's geometry and, for each landmark, its RAS position, voxel index and
   the intensity there (the quickest check that a landmark file and a volume agree on coordinates);
@@ -156,6 +157,18 @@ def _add_bench_parsers(commands) -> None:
     real.add_argument("-o", "--output", default="real-report", help="report folder (default: %(default)s)")
     real.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     real.set_defaults(run=_run_benchmark_real)
+
+    loop = commands.add_parser(
+        "benchmark-correction",
+        help="the annotation loop on the real CTA: detect, correct, save, fine-tune (Slicer's MRML core), re-score",
+    )
+    loop.add_argument("model", help="an aortic-9 model file or registered name to start from")
+    loop.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
+    loop.add_argument("-o", "--output", default="correction-loop", help="work folder (default: %(default)s)")
+    loop.add_argument("--stage1-iterations", type=int, required=True, help="fine-tuning steps (the module's: 500)")
+    loop.add_argument("--stage2-iterations", type=int, required=True, help="fine-tuning steps (the module's: 2000)")
+    loop.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    loop.set_defaults(run=_run_benchmark_correction)
 
     compare = commands.add_parser(
         "compare-phantoms", help="aortic phantoms, plain and realistic, set against the real CTA of the shared data"
@@ -600,6 +613,14 @@ def _run_benchmark_real(args: argparse.Namespace) -> int:
     from .bench.real_ct import real_ct_benchmark
 
     print(real_ct_benchmark(args.data, args.models, args.output, device=args.device))
+    return 0
+
+
+def _run_benchmark_correction(args: argparse.Namespace) -> int:
+    from .bench.correction_loop import correction_loop
+
+    print(correction_loop(args.data, args.model, args.output, stage1_iterations=args.stage1_iterations,
+                          stage2_iterations=args.stage2_iterations, device=args.device))  # fmt: skip
     return 0
 
 

@@ -137,12 +137,15 @@ def _target_lines(results: dict[str, tuple[Detection, Landmarks]]) -> list[str]:
     errors = detection.errors_mm(truth.positions_lps)["cascade"]
     placed = truth.defined
     scored = placed & detection.in_view
-    mean = float(np.mean(errors[scored])) if scored.any() else float("nan")
     unflagged_far = int(np.sum(scored & ~detection.flagged & (errors > PHANTOM_TARGET_MM)))
-    lines.append(
-        f"- cta-thorax-abdomen: mean {mean:.1f} mm over the {int(scored.sum())} of {int(placed.sum())} placed "
-        f"landmarks found in view; {unflagged_far} unflagged point(s) beyond {PHANTOM_TARGET_MM:g} mm."
-    )
+    if scored.any():
+        lines.append(
+            f"- cta-thorax-abdomen: mean {np.mean(errors[scored]):.1f} mm over the {int(scored.sum())} of "
+            f"{int(placed.sum())} placed landmarks found in view; {unflagged_far} unflagged point(s) beyond "
+            f"{PHANTOM_TARGET_MM:g} mm."
+        )
+    else:
+        lines.append(f"- cta-thorax-abdomen: none of the {int(placed.sum())} placed landmarks found in view.")
     false_points = []
     for case, (detection, truth) in results.items():
         false_points += [f"{case}: {label}" for label, gone, seen in

@@ -16,6 +16,13 @@ from ..io.landmarks import DEFINED, MISSING, Landmarks
 from ..io.volumes import Volume, check_voxel_values
 
 
+def new_scene():
+    """An empty MRML scene (for work outside the Slicer application, which has its own)."""
+    import slicer
+
+    return slicer.vtkMRMLScene()
+
+
 def volume_from_node(volume_node) -> Volume:
     """A copy of a scalar volume node's voxels with its geometry in LPS mm (world frame).
 
