@@ -149,3 +149,24 @@ def test_training_on_cases_annotated_in_part_still_finds_every_landmark(tmp_path
         errors.append(np.linalg.norm(detection.positions_lps - truth.positions_lps, axis=1))
         assert detection.in_view.all()
     assert np.mean(errors, axis=0).max() < 2.0, np.mean(errors, axis=0)  # sphere 3 found too (1.1 mm when written)
+
+
+def test_the_crop_benchmark_expects_a_point_for_each_landmark_inside_its_box():
+    from cascade_landmarks.bench.random_crops import crop_reference, random_box
+    from cascade_landmarks.io.coordinates import Geometry
+
+    # A scan whose index axis i runs head-feet, j right-left, k front-back: the boxes cut it most along i.
+    axes = np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]]).T  # columns: LPS direction of i, j, k
+    scan = Geometry((200, 100, 100), np.ones(3), np.zeros(3), axes)
+    rng = np.random.default_rng(0)
+    boxes = [random_box(scan, rng) for _ in range(200)]
+    shares = np.array([size / np.asarray(scan.size) for _, size in boxes])
+    assert shares[:, 0].min() < 0.3 and shares[:, 1:].min() >= 0.6
+    assert all(np.all(start >= 0) and np.all(start + size <= scan.size) for start, size in boxes)
+
+    box = Geometry((100, 100, 100), np.ones(3), np.zeros(3), np.eye(3))  # its faces at -0.5 and 99.5 mm
+    labels = ["inside", "near a face", "outside", "unplaced", "missing"]
+    positions = np.array([[50, 50, 50], [50, 50, 2.0], [50, 50, -20], [np.nan] * 3, [np.nan] * 3])
+    reference = crop_reference(Landmarks(labels, positions, missing=[False] * 4 + [True]), box)
+    assert reference.statuses == ["defined", "undefined", "missing", "undefined", "missing"]
+    np.testing.assert_allclose(reference.positions_lps[0], [50, 50, 50])

@@ -10,6 +10,7 @@
 - ``benchmark-speed``: time and peak memory of detection on a 512^3 volume;
 - ``benchmark-afids MODEL``: an afids-32 model scored on Colin27 beside the human raters;
 - ``benchmark-real MODEL...``: aortic-9 models on the real CT scans of the shared data;
+- ``benchmark-crops MODEL DATA``: the in-view decision on held-out cases cut at random into boxes;
 - ``benchmark-correction MODEL``: the annotation loop on the real CTA (detect, correct, save, fine-tune), re-scored;
 - ``compare-phantoms``: aortic phantoms, plain and realistic, against the real CTA (tissues, noise, a montage);
 - ``info VOLUME [LANDMARKS]``: a volume's geometry and, for each landmark, its RAS position, voxel index and
@@ -157,6 +158,17 @@ def _add_bench_parsers(commands) -> None:
     real.add_argument("-o", "--output", default="real-report", help="report folder (default: %(default)s)")
     real.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     real.set_defaults(run=_run_benchmark_real)
+
+    crops = commands.add_parser(
+        "benchmark-crops", help="the in-view decision on held-out cases cut into boxes of random extent and place"
+    )
+    crops.add_argument("model", help="a model file or registered name")
+    crops.add_argument("data", help="a folder or manifest of held-out cases with reference landmarks")
+    crops.add_argument("-o", "--output", default="crops-report", help="report folder (default: %(default)s)")
+    crops.add_argument("--crops-per-case", type=int, default=5, help="boxes cut from each case (default: %(default)s)")
+    crops.add_argument("--seed", type=int, default=0, help="seed of the boxes (default: %(default)s)")
+    crops.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    crops.set_defaults(run=_run_benchmark_crops)
 
     loop = commands.add_parser(
         "benchmark-correction",
@@ -613,6 +625,14 @@ def _run_benchmark_real(args: argparse.Namespace) -> int:
     from .bench.real_ct import real_ct_benchmark
 
     print(real_ct_benchmark(args.data, args.models, args.output, device=args.device))
+    return 0
+
+
+def _run_benchmark_crops(args: argparse.Namespace) -> int:
+    from .bench.random_crops import random_crop_benchmark
+
+    print(random_crop_benchmark(args.model, args.data, args.output, crops_per_case=args.crops_per_case,
+                                seed=args.seed, device=args.device))  # fmt: skip
     return 0
 
 
