@@ -17,6 +17,15 @@ from cascade_landmarks import Geometry, Landmarks, Volume
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_model_registry(tmp_path_factory):
+    """The suite's own user folder (the user's model registry): the tests neither see the models the person
+    running them has registered nor add theirs to that person's list."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CASCADE_LANDMARKS_HOME", str(tmp_path_factory.mktemp("home")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` beside the checkout (or ``$CASCADE_LANDMARKS_SHARED_DATA``)."""

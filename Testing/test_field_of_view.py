@@ -161,7 +161,8 @@ def test_the_crop_benchmark_expects_a_point_for_each_landmark_inside_its_box():
     rng = np.random.default_rng(0)
     boxes = [random_box(scan, rng) for _ in range(200)]
     shares = np.array([size / np.asarray(scan.size) for _, size in boxes])
-    assert shares[:, 0].min() < 0.3 and shares[:, 1:].min() >= 0.6
+    assert shares[:, 0].min() < 0.3
+    assert shares[:, 1:].min() >= 0.6
     assert all(np.all(start >= 0) and np.all(start + size <= scan.size) for start, size in boxes)
 
     box = Geometry((100, 100, 100), np.ones(3), np.zeros(3), np.eye(3))  # its faces at -0.5 and 99.5 mm

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..io.atomic_files import write_text_atomically
 from ..io.volumes import read_volume
-from ..model.registry import resolve_model
+from ..model.registry import USER_FOLDER_VARIABLE, resolve_model
 from ..slicer.bridge import landmarks_to_node, new_scene, volume_to_node
 from ..slicer.runs import DetectionRun, FineTuneRun
 from ..slicer.workflow import save_corrected_case
@@ -49,8 +49,10 @@ def correction_loop(
     folder = output / "corrected"
     save_corrected_case(volume_node, corrected, folder, case_name=case.name, overwrite=True)
     started = time.perf_counter()
+    # The fine-tuned model is registered in a folder of the benchmark's own, not in the user's list of models.
     run = FineTuneRun(folder, model, stage1_iterations=stage1_iterations, stage2_iterations=stage2_iterations,
-                      output=output / "fine-tuned.pt", device=device)  # fmt: skip
+                      output=output / "fine-tuned.pt", device=device,
+                      environment={USER_FOLDER_VARIABLE: str(output / "registry")})  # fmt: skip
     entry = run.start().wait()
     tune_minutes = (time.perf_counter() - started) / 60
     report = "\n".join(
