@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cascade_landmarks import load_landmark_set, read_landmarks, read_landmarks_csv
 
@@ -124,3 +125,25 @@ def test_a_manifest_saved_by_excel_is_read_and_an_empty_cell_is_named_by_its_lin
     result = _run("train", str(short), "-o", str(tmp_path / "m.pt"), "--landmarks", "cardiac-5")
     assert result.returncode == 2
     assert "line(s) 4 leave a case, volume or landmarks cell empty" in result.stderr
+
+
+def test_a_manifest_weights_its_cases_for_training(tmp_path, synthetic_data):
+    from cascade_landmarks.bench.phantoms.spheres import SPHERES_SET
+    from cascade_landmarks.io.cases import check_cases, find_cases
+    from cascade_landmarks.model.config import CascadeConfig
+    from cascade_landmarks.training.batches import draw_case, prepare_case
+
+    train = synthetic_data / "train"
+    rows = [f"case{n:03d},{train}/case{n:03d}.nrrd,{train}/case{n:03d}.mrk.json" for n in (0, 1)]
+    weighted = tmp_path / "weighted.csv"
+    weighted.write_text(f"case,volume,landmarks,weight\n{rows[0]},3\n{rows[1]},\n")
+    cases = check_cases(find_cases(weighted), SPHERES_SET)
+    config = CascadeConfig.default(SPHERES_SET, stage1_grid=(16, 16, 16), unet_depth=2)
+    prepared = [prepare_case(case, config) for case in cases]
+    rng = np.random.default_rng(0)
+    draws = [draw_case(prepared, rng).name for _ in range(4000)]
+    assert draws.count("case000") / draws.count("case001") == pytest.approx(3, rel=0.1)
+    weighted.write_text(f"case,volume,landmarks,weight\n{rows[0]},-2\n")
+    result = _run("train", str(weighted), "-o", str(tmp_path / "m.pt"), "--landmarks", "cardiac-5")
+    assert result.returncode == 2
+    assert "line 2: weight '-2' is not a positive number" in result.stderr

@@ -23,11 +23,13 @@ from .volumes import case_name, is_volume_path, read_geometry
 
 @dataclass(frozen=True)
 class CaseFiles:
-    """A case on disk: its name, its volume and its landmark file (None when there is none)."""
+    """A case on disk: its name, its volume, its landmark file (None when there is none), and how often training
+    draws it relative to the others (a manifest's ``weight`` column; 1 otherwise)."""
 
     name: str
     volume: Path
     landmarks: Path | None
+    weight: float = 1.0
 
 
 @dataclass
@@ -75,9 +77,27 @@ def _cases_from_manifest(manifest: Path) -> list[CaseFiles]:
             "give all three on every line."
         )
     root = manifest.parent
+    weights = [_weight(row.get("weight"), manifest, line) for line, row in numbered]
     return [
-        CaseFiles(row["case"].strip(), root / row["volume"].strip(), root / row["landmarks"].strip()) for row in rows
+        CaseFiles(row["case"].strip(), root / row["volume"].strip(), root / row["landmarks"].strip(), weight)
+        for row, weight in zip(rows, weights, strict=True)
     ]
+
+
+def _weight(cell: str | None, manifest: Path, line: int) -> float:
+    """A manifest's optional weight cell: a positive number (empty or absent: 1)."""
+    if not (cell or "").strip():
+        return 1.0
+    try:
+        weight = float(cell)
+    except ValueError:
+        weight = float("nan")
+    if not (np.isfinite(weight) and weight > 0):
+        raise ValueError(
+            f"Manifest {manifest}, line {line}: weight {cell.strip()!r} is not a positive number; give how often "
+            "training draws the case relative to the others (1 for as often, 5 for five times as often)."
+        )
+    return weight
 
 
 def check_cases(cases: list[CaseFiles], landmark_set: LandmarkSet, *, purpose: str = "training") -> list[CheckedCase]:

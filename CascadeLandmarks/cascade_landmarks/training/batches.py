@@ -58,6 +58,7 @@ class TrainingCase:
         augmenter: kept when training augments, to sample the volume through random transforms.
         twins: for each landmark, the index of its left/right twin (itself without one).
         centre_lps, extent_mm: the volume's centre and LPS bounding box, around which transforms are drawn.
+        weight: how often batches draw the case relative to the others.
     """
 
     name: str
@@ -72,6 +73,7 @@ class TrainingCase:
     twins: list[int] | None = None
     centre_lps: np.ndarray | None = None
     extent_mm: np.ndarray | None = None
+    weight: float = 1.0
 
     @property
     def placed(self) -> np.ndarray:
@@ -140,7 +142,16 @@ def prepare_case(
         twins=config.landmark_set.twin_permutation(),
         centre_lps=volume.geometry.centre_lps,
         extent_mm=volume.geometry.lps_extent_mm,
+        weight=case.files.weight,
     )
+
+
+def draw_case(cases: list[TrainingCase], rng: Generator) -> TrainingCase:
+    """A case drawn at random, each as often as its weight says (all alike: uniformly, as a plain folder)."""
+    weights = np.array([case.weight for case in cases])
+    if np.all(weights == weights[0]):
+        return cases[int(rng.integers(len(cases)))]
+    return cases[int(rng.choice(len(cases), p=weights / weights.sum()))]
 
 
 def stage1_batch(
@@ -158,7 +169,7 @@ def stage1_batch(
     """
     inputs, positions, present, known = [], [], [], []
     for _ in range(batch_size):
-        case = cases[int(rng.integers(len(cases)))]
+        case = draw_case(cases, rng)
         transform, landmarks, case_known = case.random_view(augmentation, rng)
         array, grid = _stage1_view(case, transform, landmarks, rng, config, augmentation)
         ijk = grid.lps_to_index(landmarks)
@@ -251,7 +262,7 @@ def stage2_batch(
     spacing = config.stage2_spacing_mm
     patches, targets, placed = [], [], []
     for _ in range(batch_size):
-        case = cases[int(rng.integers(len(cases)))]
+        case = draw_case(cases, rng)
         if augmentation.enabled:
             sample_patches, sample_targets, sample_placed = _augmented_patches(
                 case, augmentation, rng, config, near_share
