@@ -148,7 +148,7 @@ def test_evaluation_data_with_a_problem_is_named_as_such(tmp_path, trained_model
     from cascade_landmarks.evaluation.errors import evaluate
 
     (tmp_path / "case100.nrrd").write_bytes((synthetic_data / "test" / "case100.nrrd").read_bytes())
-    with pytest.raises(ValueError, match=r"in the evaluation data; fix them and evaluate again:\n  case100: no "):
+    with pytest.raises(ValueError, match=r"evaluation data; fix them and run the evaluation again:\n  case100: no "):
         evaluate(trained_model_path, tmp_path, progress=False)
 
 

@@ -6,6 +6,7 @@
 - ``export-checkpoint MODEL.pt.checkpoint -o MODEL``: the model a training run had reached at its last checkpoint;
 - ``detect MODEL VOLUME... -o OUT``: one ``.mrk.json`` per volume and a CSV for the batch;
 - ``evaluate MODEL DATA -o OUT``: error tables (Markdown, CSV), the error plot and quality-control images;
+- ``calibrate MODEL DATA -o OUT``: an extent model's presence thresholds set from annotated cases;
 - ``benchmark [--quick]``: the paper's tables on synthetic phantoms (writes phantoms, trains, evaluates);
 - ``benchmark-speed``: time and peak memory of detection on a 512^3 volume;
 - ``benchmark-afids MODEL``: an afids-32 model scored on Colin27 beside the human raters;
@@ -464,8 +465,8 @@ def _add_detection_options(parser, defaults: str) -> None:
         "--presence-threshold",
         type=float,
         metavar="PEAK",
-        help=f"a landmark whose heatmap peak is below PEAK (0-1) is not in view ({defaults}; training an extent "
-        "model sets it from its validation cases)",
+        help=f"a landmark whose heatmap peak is below PEAK (0-1) is not in view, for every landmark ({defaults}: "
+        "training an extent model sets one per landmark from its validation cases; so does calibrate)",
     )
     parser.add_argument(
         "--stage2-tolerance",
@@ -556,6 +557,28 @@ def _add_evaluate_parser(commands) -> None:
     _add_detection_options(parser, "default: the model's")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_evaluate)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="set an extent model's presence thresholds (in view or not) from annotated cases"
+    )
+    calibrate.add_argument("model", help="model file or registered name (trained with --stage1-mode extent)")
+    calibrate.add_argument("data", help="folder of volumes with reference landmark files, or a CSV manifest")
+    calibrate.add_argument("-o", "--output", required=True, help="the calibrated model file (a new file)")
+    calibrate.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    calibrate.add_argument("--seed", type=int, default=0, help="seed of the random fields of view (default: 0)")
+    calibrate.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from .model.model_file import load_model
+    from .training.presence import calibrate_model
+
+    _, record = calibrate_model(load_model(args.model), args.data, args.output, device=args.device, seed=args.seed)
+    thresholds = ", ".join(f"{t:.2f}" for t in record["thresholds"])
+    print(f"Wrote {args.output}: presence thresholds {thresholds}; balanced accuracy "
+          f"{record['overall_balanced_accuracy']:.2f} over {record['present']} views in and {record['absent']} out, "
+          f"on {len(record['cases'])} case(s).")  # fmt: skip
+    return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

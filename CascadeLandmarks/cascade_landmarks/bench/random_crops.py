@@ -1,8 +1,9 @@
 """The in-view decision on scans cut at random: ``cascade-landmarks benchmark-crops``.
 
 Real CTAs come in every extent, from a gated cardiac scan to neck-to-pelvis. Here each held-out case is cut into
-boxes of random extent and place, most of all along the body's long axis (the index axis nearest head-feet),
-and the model detects in each box. A landmark inside the box is expected as a point, one outside it as missing;
+boxes of random extent and place, most of all along the body's long axis, as training calibrates the presence
+thresholds (:func:`~cascade_landmarks.training.presence.random_field_of_view`), and the model detects in each
+box. A landmark inside the box is expected as a point, one outside it as missing;
 one within ``BORDER_MM`` of a face of the box is not scored (half a structure in view may go either way). The
 report is the evaluation's: errors of the points found, and the in-view table (found, missed, absent, false).
 """
@@ -24,23 +25,9 @@ from ..io.landmarks import Landmarks
 from ..io.volumes import crop_or_pad, read_volume
 from ..model.model_file import load_model
 from ..progress import as_reporter
+from ..training.presence import random_field_of_view
 
 BORDER_MM = 5.0
-# The share of each axis a box keeps, drawn uniformly: along head-feet from a slab to the whole scan, across it
-# from a tight crop round the aorta to the whole body.
-LONG_AXIS_SHARE = (0.25, 1.0)
-ACROSS_SHARE = (0.6, 1.0)
-
-
-def random_box(geometry: Geometry, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A box (start, size) in voxels inside ``geometry``: a random share of each axis at a random place."""
-    long_axis = int(np.argmax(np.abs(geometry.direction[2])))  # the index axis nearest LPS z (head-feet)
-    size = np.empty(3, int)
-    for axis in range(3):
-        low, high = LONG_AXIS_SHARE if axis == long_axis else ACROSS_SHARE
-        size[axis] = max(1, round(rng.uniform(low, high) * geometry.size[axis]))
-    start = np.array([int(rng.integers(0, geometry.size[axis] - size[axis] + 1)) for axis in range(3)])
-    return start, size
 
 
 def crop_reference(reference: Landmarks, box: Geometry) -> Landmarks:
@@ -78,7 +65,7 @@ def random_crop_benchmark(
     for case in cases:
         volume = read_volume(case.files.volume)
         for n in range(crops_per_case):
-            start, size = random_box(volume.geometry, rng)
+            start, size = random_field_of_view(volume.geometry, rng)
             crop = crop_or_pad(volume, tuple(start), tuple(size))
             name = f"{case.files.name}-crop{n}"
             detections.append(detect(crop, model, device=device))

@@ -105,7 +105,7 @@ def _detect_on_device(volume: Volume, model: CascadeModel, device: torch.device,
     peak = np.clip(peaks / config.heatmap_height, 0.0, 1.0)
     agreement = 1.0 - np.clip(np.linalg.norm(last_step, axis=1) / config.stage2_radius_mm, 0.0, 1.0) ** 2
     confidence = np.nan_to_num(peak * agreement, nan=0.0)  # a broken model's NaN reads as no confidence at all
-    in_view = volume.geometry.contains_lps(positions_lps) & (peak >= config.presence_threshold)
+    in_view = volume.geometry.contains_lps(positions_lps) & (peak >= config.presence_thresholds)
     return Detection(
         labels=config.landmark_set.labels,
         descriptions=[d.description for d in config.landmark_set.landmarks],

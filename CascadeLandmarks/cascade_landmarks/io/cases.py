@@ -102,7 +102,7 @@ def _weight(cell: str | None, manifest: Path, line: int) -> float:
 
 def check_cases(cases: list[CaseFiles], landmark_set: LandmarkSet, *, purpose: str = "training") -> list[CheckedCase]:
     """Read every case's header and landmarks; raise one ValueError listing every problem by case name
-    (``purpose``: "training" or "evaluation", what the message says the data is for).
+    (``purpose``: "training", "evaluation" or "calibration", what the message says the data is for).
 
     A case may be annotated in part: a landmark absent from its file, or unplaced there, is not known; one marked
     missing is known not to be in the image. Each case must place at least one landmark of the set, inside its
@@ -133,7 +133,7 @@ def check_cases(cases: list[CaseFiles], landmark_set: LandmarkSet, *, purpose: s
         checked.append(CheckedCase(case, geometry, landmarks))
     if problems:
         listing = "\n  ".join(problems)
-        again = "train again" if purpose == "training" else "evaluate again"
+        again = "train again" if purpose == "training" else f"run the {purpose} again"
         layout = (
             "A case is a volume with a landmark file of the same name beside it (case7.nrrd, case7.mrk.json), or a "
             "line of a CSV manifest with columns case, volume, landmarks."

@@ -145,9 +145,9 @@ class CascadeConfig:
         intensity: intensity window applied to every input.
         flag_below: a landmark whose confidence is below this is flagged for checking.
         presence_threshold: a landmark whose stage-1 heatmap peak (relative to ``heatmap_height``) is below this
-            is not in view (0: every landmark whose point lies in the volume is). A model trained in "extent" mode
-            learnt to leave a landmark outside the image without heat; training sets this from its validation
-            cases. Changes no weights.
+            is not in view (0: every landmark whose point lies in the volume is): one number for every landmark,
+            or one per landmark. A model trained in "extent" mode learnt to leave a landmark outside the image
+            without heat; training sets one per landmark from its validation cases. Changes no weights.
     """
 
     landmark_set: LandmarkSet
@@ -167,10 +167,12 @@ class CascadeConfig:
     stage2_tolerance_mm: float = 0.0
     mirror_stage1: bool = False
     mirror_stage2: bool = False
-    presence_threshold: float = 0.0
+    presence_threshold: float | tuple[float, ...] = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage1_grid", tuple(int(n) for n in self.stage1_grid))
+        if isinstance(self.presence_threshold, (list, tuple)):  # JSON gives a list
+            object.__setattr__(self, "presence_threshold", tuple(float(t) for t in self.presence_threshold))
         n = len(self.landmark_set)
         if self.unet.landmarks != n or self.displacement.landmarks != n:
             raise ValueError(f"Both networks must have {n} landmarks, as landmark set {self.landmark_set.name}.")
@@ -197,8 +199,18 @@ class CascadeConfig:
             )
         if not 0 < self.heatmap_height <= 1 or self.heatmap_sigma <= 0:
             raise ValueError("Heatmap height must lie in (0, 1] and sigma must be positive.")
-        if not 0 <= self.presence_threshold < 1:
-            raise ValueError(f"presence_threshold must lie in [0, 1), not {self.presence_threshold}.")
+        thresholds = self.presence_thresholds
+        if len(thresholds) != n or not np.all((thresholds >= 0) & (thresholds < 1)):
+            raise ValueError(
+                f"presence_threshold must be a number in [0, 1) or one per landmark ({n}), not "
+                f"{self.presence_threshold}."
+            )
+
+    @property
+    def presence_thresholds(self) -> np.ndarray:
+        """The presence threshold of each landmark, shape (N,)."""
+        thresholds = np.asarray(self.presence_threshold, float)
+        return np.full(len(self.landmark_set), float(thresholds)) if thresholds.ndim == 0 else thresholds
 
     def detection_settings(self) -> dict:
         """The ``DETECTION_SETTINGS`` and their values."""

@@ -38,6 +38,11 @@ from .config import NO_AUGMENTATION, Augmentation
 NEAR_RADIUS = 0.25  # "near" stage-2 training patches lie within this share of the stage-2 radius
 REDRAWS = 10  # random transforms drawn in a row before augmentation settings that fold space are refused
 NEAR_LANDMARK_SHARE = 2 / 3  # share of stage-1 cubes placed to hold a landmark ("patch" and "extent" modes)
+SCAN_END_SHARE = 0.5  # share of "extent" cubes in which the scan ends: air outside a random field of view
+# The share of each axis a field of view keeps, drawn uniformly: along head-feet from a slab to the whole scan,
+# across it from a tight crop round the aorta to the whole body.
+LONG_AXIS_SHARE = (0.25, 1.0)
+ACROSS_SHARE = (0.6, 1.0)
 Generator = np.random.Generator
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, targets, known
 
@@ -165,7 +170,8 @@ def stage1_batch(
 
     With augmentation, each sample is seen through a random transform, with the landmarks carried along. In
     "patch" and "extent" modes each sample is a cube; two in three are placed to hold a landmark, so the rare
-    landmark voxels are seen often enough.
+    landmark voxels are seen often enough. In "extent" mode half the cubes end the scan inside them (air outside a
+    random field of view, and no heat for the landmarks there), as detection pads a scan smaller than its grid.
     """
     inputs, positions, present, known = [], [], [], []
     for _ in range(batch_size):
@@ -173,7 +179,10 @@ def stage1_batch(
         transform, landmarks, case_known = case.random_view(augmentation, rng)
         array, grid = _stage1_view(case, transform, landmarks, rng, config, augmentation)
         ijk = grid.lps_to_index(landmarks)
-        inside = np.all((ijk >= -0.5) & (ijk <= np.asarray(grid.size) - 0.5), axis=1)  # NaN rows: False
+        inside = grid.contains_lps(landmarks)  # NaN rows: False
+        if config.stage1_mode == "extent" and rng.random() < SCAN_END_SHARE:
+            array, box = _end_the_scan(array, grid, rng)
+            inside = box.contains_lps(landmarks)
         inputs.append(array)
         positions.append(np.nan_to_num(ijk))
         present.append(inside)
@@ -193,6 +202,16 @@ def stage1_batch(
     return volume, targets, torch.from_numpy(channels.astype(np.float32))
 
 
+def _end_the_scan(array: np.ndarray, grid: Geometry, rng: Generator) -> tuple[np.ndarray, Geometry]:
+    """A cube whose scan ends inside it: air (0) outside a random field of view of it, as detection pads a scan
+    smaller than its grid; the array and the box that is left."""
+    start, size = random_field_of_view(grid, rng)
+    kept = tuple(slice(low, high) for low, high in zip(start[::-1], (start + size)[::-1], strict=True))
+    ended = np.zeros_like(array)
+    ended[kept] = array[kept]
+    return ended, Geometry(tuple(size), grid.spacing, grid.index_to_lps(start), grid.direction)
+
+
 def _stage1_view(
     case: TrainingCase, transform, landmarks: np.ndarray, rng: Generator, config: CascadeConfig, augmentation
 ) -> tuple[np.ndarray, Geometry]:
@@ -209,6 +228,18 @@ def _stage1_view(
         return case.stage1_input, grid
     start = np.rint(case.stage1_grid.lps_to_index(grid.origin)).astype(int)
     return cut_box(case.stage1_input, start, grid.size), grid
+
+
+def random_field_of_view(geometry: Geometry, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A box (start, size), in voxels, inside ``geometry``: a random share of each axis at a random place, most
+    cut along the index axis nearest head-feet."""
+    long_axis = int(np.argmax(np.abs(geometry.direction[2])))  # the index axis nearest LPS z (head-feet)
+    size = np.empty(3, int)
+    for axis in range(3):
+        low, high = LONG_AXIS_SHARE if axis == long_axis else ACROSS_SHARE
+        size[axis] = max(1, round(rng.uniform(low, high) * geometry.size[axis]))
+    start = np.array([int(rng.integers(0, geometry.size[axis] - size[axis] + 1)) for axis in range(3)])
+    return start, size
 
 
 def random_cube(grid: Geometry, size, landmarks: np.ndarray, rng: Generator, *, within: bool) -> Geometry:

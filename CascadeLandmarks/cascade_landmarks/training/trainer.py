@@ -305,7 +305,7 @@ def _calibrate_presence(model: CascadeModel, cases: _Cases, process: Process, tr
     calibration = calibrate_presence(model, cases.validation, process.device, seed=training.seed)
     if calibration is None:
         return None
-    model.config = model.config.with_detection_settings(presence_threshold=calibration.threshold)
+    model.config = model.config.with_detection_settings(presence_threshold=calibration.thresholds)
     return calibration.to_dict()
 
 
