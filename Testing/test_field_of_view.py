@@ -172,3 +172,32 @@ def test_the_crop_benchmark_expects_a_point_for_each_landmark_inside_its_box():
     reference = crop_reference(Landmarks(labels, positions, missing=[False] * 4 + [True]), box)
     assert reference.statuses == ["defined", "undefined", "missing", "undefined", "missing"]
     np.testing.assert_allclose(reference.positions_lps[0], [50, 50, 50])
+
+
+@pytest.mark.slow
+def test_calibrate_sets_the_presence_thresholds_of_an_extent_model_from_held_out_cases(extent_model, tmp_path):
+    from cascade_landmarks import load_model, save_model
+    from cascade_landmarks.training.presence import calibrate_model
+
+    source = save_model(extent_model, tmp_path / "extent.pt")
+    held_out = write_cases(tmp_path / "held-out", range(200, 206))
+    _, record = calibrate_model(load_model(source), held_out, tmp_path / "calibrated.pt")
+    calibrated = load_model(tmp_path / "calibrated.pt")
+    np.testing.assert_allclose(calibrated.config.presence_thresholds, record["thresholds"], atol=1e-4)
+    assert record["overall_balanced_accuracy"] > 0.9
+    assert record["cases"] == [f"case{n:03d}" for n in range(200, 206)]
+    assert calibrated.training["presence_calibration"] == record
+    for name, tensor in extent_model.stage1.state_dict().items():  # the weights are not touched
+        assert torch.equal(tensor.cpu(), calibrated.stage1.state_dict()[name])
+    assert load_model(source).config.presence_threshold == extent_model.config.presence_threshold
+    with pytest.raises(ValueError, match="already exists: choose another output file"):
+        calibrate_model(load_model(source), held_out, tmp_path / "calibrated.pt")
+
+
+def test_calibrate_refuses_a_model_that_puts_every_landmark_in_view(trained_model_path, synthetic_data, tmp_path):
+    from cascade_landmarks import load_model
+    from cascade_landmarks.training.presence import calibrate_model
+
+    with pytest.raises(ValueError, match=r"only an extent model .* has presence thresholds to calibrate"):
+        calibrate_model(load_model(trained_model_path), synthetic_data / "test", tmp_path / "calibrated.pt")
+    assert not (tmp_path / "calibrated.pt").exists()

@@ -158,6 +158,7 @@ def _add_bench_parsers(commands) -> None:
     real.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
     real.add_argument("-o", "--output", default="real-report", help="report folder (default: %(default)s)")
     real.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    real.add_argument("--bundle", metavar="NAME", help="ship the first model as NAME with a card (developers)")
     real.set_defaults(run=_run_benchmark_real)
 
     crops = commands.add_parser(
@@ -647,7 +648,7 @@ def _run_benchmark_afids(args: argparse.Namespace) -> int:
 def _run_benchmark_real(args: argparse.Namespace) -> int:
     from .bench.real_ct import real_ct_benchmark
 
-    print(real_ct_benchmark(args.data, args.models, args.output, device=args.device))
+    print(real_ct_benchmark(args.data, args.models, args.output, device=args.device, bundle=args.bundle))
     return 0
 
 

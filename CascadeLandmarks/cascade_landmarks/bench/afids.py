@@ -32,8 +32,7 @@ from ..io.landmarks import Landmarks, read_landmarks
 from ..io.volumes import Volume, read_volume
 from ..model.model_file import load_model
 from ..model.registry import resolve_model
-from ..training.config import PRESETS
-from .bundling import add_bundled_model
+from .bundling import add_bundled_model, training_run_lines
 
 COLIN27 = Path("real") / "afids-colin27"
 MNI152 = Path("real") / "afids-mni152nlin2009casym"
@@ -200,12 +199,6 @@ def _bundle(path: Path, model, summary: str, cascade_mm: np.ndarray, reference: 
 
 def _model_card(model, summary: str, cascade_mm: np.ndarray, agreed: np.ndarray) -> str:
     config = model.config
-    runs = []  # the training runs that made the model, oldest first (fine-tuning links each to the one before)
-    training = model.training
-    while training:
-        runs.append(training)
-        training = training.get("previous_training")
-    runs.reverse()
     return "\n".join(
         [
             f"# {BUNDLED_NAME}: AFIDs anatomical fiducials (32) in brain T1 MRI",
@@ -229,7 +222,7 @@ def _model_card(model, summary: str, cascade_mm: np.ndarray, agreed: np.ndarray)
             + ("; test-time left/right mirroring, twin networks on mirrored patches." if config.mirror_stage2 else "."),
             "",
             "## Training runs (Adam; each run starts from the one before)",
-            *[_run_line(run) for run in runs],
+            *training_run_lines(model.training),
             "",
             "## On Colin27 (`cascade-landmarks benchmark-afids`)",
             "",
@@ -270,49 +263,6 @@ def _target_line(cascade_mm: np.ndarray, agreed: np.ndarray) -> str:
         f"{np.mean(cascade_mm):.2f} mm, {np.mean(cascade_mm <= 2.0):.0%} within 2 mm. The human raters are the goal; "
         "the per-fiducial table (`benchmark-afids` report) shows which fiducials to check first."
     )
-
-
-def _run_line(run: dict) -> str:
-    settings = run["training_config"]
-    if settings["stage1_iterations"] == settings["stage2_iterations"] == 0:
-        now, before = run.get("detection_settings"), (run.get("previous_training") or {}).get("detection_settings")
-        if now is None:  # an older record, without them
-            return (
-                "- No training: detection settings changed (such as test-time mirroring or stage-2 passes), "
-                "weights kept."
-            )
-        if before is None:
-            return f"- No training: detection settings set to {_settings_text(now)}; weights kept."
-        changed = {name: value for name, value in now.items() if before.get(name) != value}
-        return f"- No training: detection settings changed to {_settings_text(changed) or 'the same'}; weights kept."
-    augmentation = _augmentation_name(settings.get("augmentation", {}))
-    stopped = f" ({run['stopped']})" if run.get("stopped") else ""
-    processes = f" on each of {run['processes']} processes" if run.get("processes", 1) > 1 else ""
-    cosine = settings.get("learning_rate_schedule") == "cosine"
-    schedule = " (cosine decay to 0 over each stage)" if cosine else ""
-    return (
-        f"- {settings['stage1_iterations']} stage-1 and {settings['stage2_iterations']} stage-2 iterations, batch "
-        f"{settings['batch_size']}{processes}, learning rate {settings['learning_rate']:g}{schedule}, augmentation "
-        f"{augmentation}, {settings.get('stage2_near_share', 0):.0%} of stage-2 patches within a quarter of the "
-        f"radius; about {run.get('seconds', 0) / 60:.0f} minutes on {run.get('device', 'cpu')}{stopped}."
-    )
-
-
-def _settings_text(settings: dict) -> str:
-    return ", ".join(
-        f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}" for name, value in settings.items()
-    )
-
-
-def _augmentation_name(settings: dict) -> str:
-    """The preset closest to ``settings``, with the settings that differ from it ("one-shot with elastic_grid=9")."""
-
-    def changed(preset: str) -> list[str]:
-        return [f"{k}={v:g}" for k, v in settings.items() if PRESETS[preset].to_dict().get(k) != v]
-
-    closest = min(PRESETS, key=lambda preset: len(changed(preset)))
-    differences = changed(closest)
-    return f"{closest} with {', '.join(differences)}" if differences else closest
 
 
 def _summary_line(name: str, errors_mm: np.ndarray, kept: np.ndarray) -> str:

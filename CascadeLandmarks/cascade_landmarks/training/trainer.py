@@ -314,6 +314,7 @@ def _training_record(start: _Start, cases: _Cases, run: _Run, errors: dict, pres
     return {
         **_record_header(start.landmark_set.name, cases.training_names, cases.validation_names),
         "spacing_mm": _spacing_summary(cases.checked),
+        "weights": {case.files.name: case.files.weight for case in cases.checked if case.files.weight != 1},
         "training_config": start.training.to_dict(),
         "detection_settings": run.model.config.detection_settings(),
         **start.lineage,
