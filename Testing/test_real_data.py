@@ -136,3 +136,25 @@ def test_an_evaluation_with_raters_reports_them_beside_the_model():
     assert rows["1"]["raters_mean"] == pytest.approx(1.0)
     assert rows["all"]["raters_within_2mm"] == pytest.approx(0.75)
     assert "## Human raters" in evaluation.markdown()
+
+
+def test_the_real_scan_benchmark_scores_only_what_each_reference_knows(shared_data, tmp_path):
+    import json
+
+    from cascade_landmarks.bench.real_ct import cta_model_card, real_ct_benchmark
+    from cascade_landmarks.model.model_file import load_model
+
+    report = real_ct_benchmark(shared_data, ["aortic-9-phantom"], tmp_path)
+    scored = json.loads((tmp_path / "report.json").read_text())["aortic-9-phantom"]
+    cta, pelvis, slab = (scored[name] for name in ("cta-thorax-abdomen", "ct-abdomen-pelvis-noncontrast",
+                                                   "ct-dicom-upper-abdomen"))  # fmt: skip
+    labels = load_landmark_set("aortic-9").labels
+    # The CTA places the arch and upper abdominal origins; those below its crop are known to be out of view.
+    assert [cta[label]["reference"] for label in labels] == ["defined"] * 5 + ["missing"] * 4
+    assert [pelvis[label]["reference"] for label in labels] == ["missing"] * 3 + ["undefined"] * 5 + ["defined"]
+    assert [slab[label]["reference"] for label in labels] == ["missing"] * 3 + ["undefined"] * 5 + ["missing"]
+    assert all(cta[label]["cascade_mm"] is not None for label in labels[:5])
+    assert "| ct-dicom-upper-abdomen | celiac trunk origin |" not in report  # not known there: not scored
+    assert (tmp_path / "aortic-9-phantom" / "cta-thorax-abdomen" / "errors.md").exists()
+    card = cta_model_card("aortic-9-test", load_model("aortic-9-phantom"), ["| a table |"])
+    assert "**Real scans seen in training: none.**" in card
