@@ -303,7 +303,7 @@ def test_the_ui_connects_each_widget_to_a_parameter_of_a_type_it_can_show(module
         assert can_show[widget_class] in str(annotations[name]), (name, widget_class, annotations[name])
     # The fine-tuning defaults live in the parameter node (and nowhere in the .ui file).
     defaults = module.CascadeLandmarksParameterNode.defaults
-    assert (defaults["stage1Iterations"], defaults["stage2Iterations"]) == (500, 2000)
+    assert (defaults["stage1Iterations"], defaults["stage2Iterations"]) == (500, 1500)
     assert "<number>500</number>" not in UI_FILE.read_text()
 
 
@@ -367,7 +367,7 @@ def test_jobs_cannot_cancel_each_other_and_closing_the_scene_cancels_only_a_dete
     assert widget.run is None
     widget.initializeParameterNode()
     fine_tuning = FineTuneRun(synthetic_data / "train", str(trained_model_path), output=tmp_path / "tuned.pt",
-                              stage1_iterations=500, stage2_iterations=2000)  # fmt: skip
+                              stage1_iterations=500, stage2_iterations=1500)  # fmt: skip
     widget.startedRun(fine_tuning.start(), "fineTuneButton", "Cancel fine-tuning", "Fine-tuning...")
     widget.onSceneStartClose(mrml_scene, None)
     assert fine_tuning.running

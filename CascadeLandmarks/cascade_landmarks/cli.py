@@ -179,8 +179,9 @@ def _add_bench_parsers(commands) -> None:
     loop.add_argument("model", help="an aortic-9 model file or registered name to start from")
     loop.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
     loop.add_argument("-o", "--output", default="correction-loop", help="work folder (default: %(default)s)")
-    loop.add_argument("--stage1-iterations", type=int, required=True, help="fine-tuning steps (the module's: 500)")
-    loop.add_argument("--stage2-iterations", type=int, required=True, help="fine-tuning steps (the module's: 2000)")
+    for stage, steps in ((1, 500), (2, 1500)):  # the Slicer module's FINE_TUNING_STAGE*_ITERATIONS
+        loop.add_argument(f"--stage{stage}-iterations", type=int, default=steps,
+                          help="fine-tuning steps (default: the Slicer module's, %(default)s)")  # fmt: skip
     loop.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     loop.set_defaults(run=_run_benchmark_correction)
 

@@ -73,11 +73,13 @@ def _run_line(run: dict) -> str:
     processes = f" on each of {run['processes']} processes" if run.get("processes", 1) > 1 else ""
     cosine = settings.get("learning_rate_schedule") == "cosine"
     schedule = " (cosine decay to 0 over each stage)" if cosine else ""
+    cases = len(run.get("cases", {}).get("training", []))
     return (
-        f"- {settings['stage1_iterations']} stage-1 and {settings['stage2_iterations']} stage-2 iterations, batch "
-        f"{settings['batch_size']}{processes}, learning rate {settings['learning_rate']:g}{schedule}, augmentation "
-        f"{augmentation}, {settings.get('stage2_near_share', 0):.0%} of stage-2 patches within a quarter of the "
-        f"radius; about {run.get('seconds', 0) / 60:.0f} minutes on {run.get('device', 'cpu')}{stopped}."
+        f"- {settings['stage1_iterations']} stage-1 and {settings['stage2_iterations']} stage-2 iterations on "
+        f"{cases} case(s), batch {settings['batch_size']}{processes}, learning rate "
+        f"{settings['learning_rate']:g}{schedule}, augmentation {augmentation}, "
+        f"{settings.get('stage2_near_share', 0):.0%} of stage-2 patches within a quarter of the radius; about "
+        f"{run.get('seconds', 0) / 60:.0f} minutes on {run.get('device', 'cpu')}{stopped}."
     )
 
 

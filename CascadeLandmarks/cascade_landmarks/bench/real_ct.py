@@ -141,8 +141,9 @@ def cta_model_card(name: str, model: CascadeModel, real_section: list[str]) -> s
         [
             f"# {name}: aortic CTA, 9 landmarks, for real scans of any field of view",
             "",
-            "Trained on synthetic CT angiography phantoms with realistic tissue, noise and contrast "
-            "(`cascade-landmarks phantom aortic --realistic`) and on the real scans named here. "
+            "Trained run after run (below) on synthetic CT angiography phantoms, the later runs on phantoms with "
+            "realistic tissue, noise and contrast (`cascade-landmarks phantom aortic --realistic`), and on the real "
+            "scans named here. "
             f"**Real scans seen in training: {seen_text}.** Its figures on those scans are training-set figures; "
             "the other real scans below it never saw. A research model: not for clinical use; check every point.",
             "",
