@@ -179,3 +179,21 @@ def test_the_shipped_cta_model_gives_no_point_out_of_view_on_the_real_scans(shar
     assert all(result["in_view"] and result["cascade_mm"] < 5 for result in arch)
     card = (Path(__file__).parents[1] / "Resources" / "Models" / "aortic-9-cta.md").read_text()
     assert "Real scans seen in training: cta-thorax-abdomen" in card
+
+
+def test_detect_on_the_real_cta_lists_the_landmarks_below_its_crop_as_not_in_view(shared_data, tmp_path):
+    import subprocess
+    import sys
+
+    scan = shared_data / "real" / "cta-thorax-abdomen" / "ct.nii.gz"
+    command = [sys.executable, "-m", "cascade_landmarks.cli", "detect", "aortic-9-cta", str(scan), "-o", str(tmp_path),
+               "--quiet"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    below = "right renal artery origin, left renal artery origin, inferior mesenteric artery origin, aortic bifurcation"
+    # The superior mesenteric origin, at the crop's lower edge, is also reported not in view (README).
+    not_in_view = [line for line in result.stdout.splitlines() if line.startswith("  ct, not in view: ")]
+    assert len(not_in_view) == 1
+    assert not_in_view[0].endswith(below)
+    points = read_landmarks(tmp_path / "ct.mrk.json")
+    assert points.statuses[5:] == ["missing"] * 4

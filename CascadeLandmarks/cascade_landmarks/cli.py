@@ -536,16 +536,19 @@ def _run_detect(args: argparse.Namespace) -> int:
 
 
 def _detect_summary(detections: dict, output: Path) -> str:
-    flagged = sum(int(d.flagged.sum()) for d in detections.values())
+    """What was written, then per case the landmarks reported not in view and the points flagged for checking."""
+    absent = sum(int((~d.in_view).sum()) for d in detections.values())
+    low = sum(int((d.flagged & d.in_view).sum()) for d in detections.values())
     lines = [
         f"Wrote {len(detections)} .mrk.json files and detections.csv to {output}.",
-        f"{flagged} landmark(s) flagged for checking (low confidence, or outside the volume; the flagged column of "
-        "detections.csv).",
+        f"{absent} landmark(s) not in view (a missing point; in_view 0 in detections.csv); {low} point(s) flagged "
+        "for checking (low confidence; the flagged column).",
     ]
     for name, detection in detections.items():
-        labels = [label for label, low in zip(detection.labels, detection.flagged, strict=True) if low]
-        if labels:
-            lines.append(f"  {name}: {', '.join(labels)}")
+        for what, chosen in (("not in view", ~detection.in_view), ("check", detection.flagged & detection.in_view)):
+            labels = [label for label, pick in zip(detection.labels, chosen, strict=True) if pick]
+            if labels:
+                lines.append(f"  {name}, {what}: {', '.join(labels)}")
     return "\n".join(lines)
 
 
