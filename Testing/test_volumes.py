@@ -4,6 +4,7 @@ bad input gets an error naming the file and the problem."""
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +164,45 @@ def test_an_unreadable_file_is_named(tmp_path):
     path.write_bytes(b"this is not an image")
     with pytest.raises(ValueError, match=r"Cannot read volume .*garbage\.nrrd"):
         read_volume(path)
+
+
+# Each format as SimpleITK writes it, and the file holding its voxels (a detached header keeps them apart).
+WRITTEN = {
+    ".nii": ".nii", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", "gzip .nrrd": ".nrrd", ".nhdr": ".raw",
+    "gzip .nhdr": ".raw.gz", ".mha": ".mha", "compressed .mha": ".mha", ".mhd": ".raw", "compressed .mhd": ".zraw",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("written", list(WRITTEN))
+def test_a_file_cut_short_is_refused_not_read_with_zeros(tmp_path, written):
+    """A scan copied half-way from a PACS export: its header whole, its voxels cut anywhere."""
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.integers(-1000, 2000, (64, 64, 64)).astype(np.int16))
+    header, data = tmp_path / f"case{written.split()[-1]}", tmp_path / f"case{WRITTEN[written]}"
+    for share in (None, 0.1, 0.33, 0.66, 0.99):
+        sitk.WriteImage(image, str(header), useCompression=" " in written)
+        if share is None:  # whole: read
+            np.testing.assert_array_equal(read_volume(header).array, sitk.GetArrayFromImage(image))
+            continue
+        with open(data, "r+b") as handle:
+            handle.truncate(int(data.stat().st_size * share))
+        with pytest.raises(ValueError, match=r"shorter than its header says .* Copy the file again"):
+            read_volume(header)
+
+
+@pytest.mark.parametrize("which", ["first", "middle"])
+@pytest.mark.parametrize("cut", ["at its pixel data", "inside its pixel data"])
+def test_a_dicom_slice_without_its_pixel_data_is_refused(tmp_path, shared_data, which, cut):
+    import shutil
+
+    folder = shutil.copytree(shared_data / "real" / "ct-dicom-upper-abdomen", tmp_path / "series")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder))  # in slice order
+    victim = Path(files[0 if which == "first" else len(files) // 2])
+    data = victim.read_bytes()
+    pixel_data = data.rfind(b"\xe0\x7f\x10\x00")  # the tag (7FE0,0010), little endian
+    victim.write_bytes(data[: pixel_data if cut == "at its pixel data" else (pixel_data + len(data)) // 2])
+    with pytest.raises(ValueError, match=rf"1 of its files cannot be read \({victim.name}\): cut short"):
+        read_volume(folder)
 
 
 def test_a_2d_image_is_refused(tmp_path):

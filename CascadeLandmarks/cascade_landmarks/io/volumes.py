@@ -7,7 +7,10 @@ Reading supports every format SimpleITK reads (NRRD, NIfTI, MHA, ...) and a fold
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,14 +109,78 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
     path = Path(path)
     if not path.exists():
         raise ValueError(f"Volume file {path} does not exist.")
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_is_whole(path)  # SimpleITK fills a cut-short NIfTI's missing voxels with 0, without a word
     try:
         image = _read_dicom_series(path, series_uid) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+        message = str(error).strip()
+        meta_image = path.name.lower().endswith((".mha", ".mhd"))  # its reader says only "No such file or directory"
+        if any(sign in message for sign in CUT_SHORT_SIGNS) or (meta_image and "No such file" in message):
+            raise ValueError(f"Cannot read volume {path}: {CUT_SHORT}") from error
+        reason = message.splitlines()[-1] if message else "unknown reason"
         raise ValueError(
             f"Cannot read volume {path}: {reason}. Is it a NRRD, NIfTI, MHA file or a DICOM folder?"
         ) from error
     return Volume.from_sitk(image, source=str(path))
+
+
+CUT_SHORT = (
+    "its voxel data is shorter than its header says (a file cut short by an interrupted copy or download, or a "
+    "detached data file missing). Copy the file again."
+)
+CUT_SHORT_SIGNS = ("fread got only", "bytes but received", "data not read completely")
+
+
+def _check_nifti_is_whole(path: Path) -> None:
+    """Refuse a NIfTI file (``.nii`` or ``.nii.gz``) that holds fewer bytes than its header's voxel offset plus
+    its dimensions times its bits per voxel."""
+    gzipped = path.name.lower().endswith(".gz")
+    opener = gzip.open if gzipped else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(540)
+    except (OSError, EOFError) as error:
+        raise ValueError(f"Cannot read volume {path}: {error}.") from error
+    expected = _nifti_data_end(header)
+    if expected is None:
+        return  # not a NIfTI header SimpleITK would take either: its reader gives the error
+    if gzipped:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:  # the gzip trailer's length of the whole uncompressed stream, modulo 2^32
+            handle.seek(max(size - 4, 0))
+            stated = int.from_bytes(handle.read(4), "little")
+        if stated == expected % 2**32:
+            return
+        holds = 0
+        try:
+            with gzip.open(path, "rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    holds += len(chunk)
+        except (OSError, EOFError, zlib.error) as error:
+            raise ValueError(f"Cannot read volume {path}: {CUT_SHORT}") from error
+    else:
+        holds = path.stat().st_size
+    if holds < expected:
+        raise ValueError(f"Cannot read volume {path}: {CUT_SHORT} ({holds} of {expected} bytes)")
+
+
+# Where a NIfTI header keeps what fixes its data's length: header size -> (offset and format of dim[8], of bitpix,
+# of vox_offset). NIfTI-1 (348 bytes) and NIfTI-2 (540 bytes), as the nifti1.h and nifti2.h headers lay them out.
+NIFTI_FIELDS = {348: ((40, "8h"), (72, "h"), (108, "f")), 540: ((16, "8q"), (14, "h"), (168, "q"))}
+
+
+def _nifti_data_end(header: bytes) -> int | None:
+    """Where a NIfTI file's voxel data ends, in bytes from its start; None if ``header`` is not a NIfTI header."""
+    for order in "<>":  # the header size, read in the file's byte order, is 348 or 540
+        size = struct.unpack(order + "i", header[:4])[0] if len(header) >= 4 else 0
+        if size in NIFTI_FIELDS and len(header) >= size:
+            dims, bits, offset = (struct.unpack_from(order + code, header, at) for at, code in NIFTI_FIELDS[size])
+            if not 1 <= dims[0] <= 7 or bits[0] <= 0:
+                return None
+            voxels = int(np.prod([max(int(d), 1) for d in dims[1 : dims[0] + 1]]))
+            return int(offset[0]) + voxels * int(bits[0]) // 8
+    return None
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True) -> Path:
@@ -285,10 +352,32 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
     elif series_uid not in series:
         raise ValueError(f"Folder {folder} has no DICOM series {series_uid}; it has {', '.join(series)}.")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)
+    _check_no_slice_left_out(folder, series_uid, files)
     _check_slice_positions(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     return reader.Execute()
+
+
+def _check_no_slice_left_out(folder: Path, series_uid: str, files: Sequence[str]) -> None:
+    """Refuse a series of which a file in the folder was left out because it cannot be read (cut short, or without
+    its pixel data): GDCM leaves such a slice out of the series without a word, and a slice at either end leaves no
+    gap for the slice-position check to see."""
+    listed = {Path(name).resolve() for name in files}
+    uid = series_uid.encode()
+    left_out = []
+    for candidate in sorted(folder.iterdir()):
+        if not candidate.is_file() or candidate.resolve() in listed:
+            continue
+        with open(candidate, "rb") as handle:
+            start = handle.read(1 << 16)
+        if start[128:132] == b"DICM" and uid in start:  # a DICOM file naming this series
+            left_out.append(candidate.name)
+    if left_out:
+        raise ValueError(
+            f"DICOM series in {folder}: {len(left_out)} of its files cannot be read ({', '.join(left_out[:3])}"
+            f"{', ...' if len(left_out) > 3 else ''}): cut short, or without pixel data? Copy the series again."
+        )
 
 
 # Slice positions may stray this far (mm) from an evenly spaced stack before the series is refused: above the
