@@ -72,9 +72,11 @@ def detect(
         model = dataclasses.replace(model, config=model.config.with_detection_settings(**settings))
     torch_device, home = select_device(device), model.device
     model.to(torch_device)
+    model.stage1.to(memory_format=torch.channels_last_3d)  # the U-Net's 3-D convolutions run faster so on CPUs
     try:
         return _detect_on_device(volume, model, torch_device, report)
     finally:
+        model.stage1.to(memory_format=torch.contiguous_format)
         model.to(home)
 
 
@@ -172,7 +174,7 @@ def predict_heatmaps(
 ) -> np.ndarray:
     """Normalised heatmaps (N + 1, n_k, n_j, n_i) for a stage-1 input (n_k, n_j, n_i), whole or by patches."""
     with torch.inference_mode():
-        tensor = torch.from_numpy(stage1_input)[None, None].to(device)
+        tensor = torch.from_numpy(stage1_input)[None, None].to(device, memory_format=torch.channels_last_3d)
         if config.stage1_mode != "patch":
             return network(tensor)[0][0].float().cpu().numpy()
         return _sliding_window(network, tensor, config.stage1_patch_size)[0].cpu().numpy()
