@@ -9,11 +9,12 @@ file to points:
 - ``model/``: ``heatmap_unet`` (stage 1) and ``heatmaps``, ``displacement_cnn`` (stage 2), ``losses``, ``config``,
   ``model_file`` (the ``.pt`` file, no pickle), ``registry`` (models by name), ``devices``;
 - ``inference/``: ``preprocessing`` (what the networks see), ``detector`` (volume -> points), ``detection`` (the
-  record it gives, as JSON);
-- ``training/``: ``config``, ``batches``, ``augmentation``, ``trainer`` (the loop), ``checkpoints``,
-  ``distributed``;
+  record it gives, as JSON), ``batch`` (a cohort: resumable, failures recorded);
+- ``training/``: ``config``, ``batches``, ``augmentation``, ``trainer`` (the loop), ``presence`` (in view or
+  not), ``checkpoints``, ``run_files``, ``distributed``;
 - ``evaluation/``: ``errors`` (errors in mm and their tables), ``metrics``, ``figures`` (QC images, error plot);
-- ``bench/``: research tooling: ``phantoms``, ``paper_tables``, ``afids``, ``speed``, ``bundling``;
+- ``bench/``: research tooling: ``phantoms``, ``paper_tables``, ``afids``, ``real_ct``, ``random_crops``,
+  ``realism_report``, ``correction_loop``, ``speed``, ``bundling``;
 - ``slicer/``: ``bridge`` (MRML nodes), ``workflow`` (the module's point lists), ``runs`` and ``background``;
 - ``progress`` (progress and warnings, for people and programs) and ``cli`` (the ``cascade-landmarks`` command).
 

@@ -36,11 +36,10 @@ import numpy as np
 
 from .bench.phantoms import FORMATS as PHANTOM_FORMATS
 from .bench.phantoms import PHANTOMS, phantom, write_phantoms
-from .inference.detection import write_detections_csv
 from .io.atomic_files import write_text_atomically
 from .io.landmark_sets import available_landmark_sets, load_landmark_set
 from .io.landmarks import LANDMARK_SUFFIXES, Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
-from .io.volumes import Volume, case_name, read_volume, values_at, write_volume
+from .io.volumes import Volume, read_volume, values_at, write_volume
 from .model.config import DETECTION_SETTINGS, STAGE1_MODES, IntensityWindow
 from .model.registry import available_models, names_a_file, register_model
 from .progress import JsonReporter, TerminalReporter
@@ -446,7 +445,9 @@ def _mm(value: float | None) -> str:
 def _add_detect_parser(commands) -> None:
     parser = commands.add_parser("detect", help="detect landmarks in volumes; one .mrk.json each and a CSV")
     parser.add_argument("model", help="model file or registered name (e.g. afids-32-mni152)")
-    parser.add_argument("volumes", nargs="+", help="volume files or DICOM folders")
+    parser.add_argument(
+        "volumes", nargs="+", help="volume files, DICOM folders, folders of those, or CSV manifests (a volume column)"
+    )
     parser.add_argument("-o", "--output", required=True, help="folder for the results")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace results already in the output folder (default: refuse)"
@@ -498,52 +499,58 @@ def _given_detection_settings(args: argparse.Namespace) -> dict:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    from .inference.detector import detect
+    from .inference.batch import batch_cases, detect_batch
     from .model.model_file import load_model
 
     model = load_model(args.model)
-    settings = _given_detection_settings(args)
+    cases = batch_cases(args.volumes)
     output = Path(args.output)
-    names = [case_name(path) for path in args.volumes]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"Several volumes are named {', '.join(repeated)}; their results would overwrite each other.")
-    existing = [p for p in [*(output / f"{n}.mrk.json" for n in names), output / "detections.csv"] if p.exists()]
-    if existing and not args.overwrite:
-        raise ValueError(
-            f"{', '.join(str(p) for p in existing)} already exist(s) (a folder of cases keeps its reference "
-            "landmarks under these names): choose another output folder, or add --overwrite to replace them."
-        )
     reporter = args.reporter
-    task = reporter.task("detecting", 100 * len(args.volumes))
-    detections = {}
-    for index, (name, path) in enumerate(zip(names, args.volumes, strict=True)):
+    task = reporter.task("detecting", 100 * len(cases))
+    position = {case.name: index for index, case in enumerate(cases)}
 
-        def report(fraction: float, step: str, index=index, name=name) -> None:
-            task.update(int(100 * (index + fraction)), case=name, step=step)
+    def report(name: str, fraction: float, step: str) -> None:
+        task.update(int(100 * (position[name] + fraction)), case=name, step=step)
 
-        detection = detect(path, model, device=args.device, progress=report, **settings)
-        write_landmarks(detection.landmarks(), output / f"{name}.mrk.json", coordinate_system=args.coordinate_system)
-        detections[name] = detection
-        task.update(100 * (index + 1), flagged=int(detection.flagged.sum()))
+    def case_ended(name: str, detection, reason: str | None) -> None:
+        if detection is None:
+            reporter.warn(f"failed: {reason}", case=name)  # shown with --quiet too
+            reporter.send({"type": "failure", "case": name, "reason": reason})
+            return
+        task.update(100 * (position[name] + 1), flagged=int(detection.flagged.sum()))
         for warning in detection.warnings:
-            reporter.warn(warning, case=name)  # shown with --quiet too
-        args.reporter.send({"type": "result", "case": name, "detection": detection.to_dict()})
+            reporter.warn(warning, case=name)
+        reporter.send({"type": "result", "case": name, "detection": detection.to_dict()})
+
+    result = detect_batch(cases, model, output, settings=_given_detection_settings(args), device=args.device,
+                          coordinate_system=args.coordinate_system, overwrite=args.overwrite, progress=report,
+                          on_case=case_ended)  # fmt: skip
     task.close()
-    write_detections_csv(detections, output / "detections.csv", coordinate_system=args.coordinate_system)
-    print(_detect_summary(detections, output))
-    return 0
+    if len(cases) == 1 and result.failures:  # one volume: its error is the command's
+        raise ValueError(next(iter(result.failures.values())))
+    print(_detect_summary(result, output))
+    return min(len(result.failures), MOST_FAILURES_IN_EXIT_STATUS)
 
 
-def _detect_summary(detections: dict, output: Path) -> str:
-    """What was written, then per case the landmarks reported not in view and the points flagged for checking."""
+# The exit status of detect is the number of cases that failed, up to this (a status is a byte).
+MOST_FAILURES_IN_EXIT_STATUS = 100
+
+
+def _detect_summary(result, output: Path) -> str:
+    """What was written, what was skipped or failed, then per case the landmarks reported not in view and the
+    points flagged for checking."""
+    detections = result.detections
     absent = sum(int((~d.in_view).sum()) for d in detections.values())
     low = sum(int((d.flagged & d.in_view).sum()) for d in detections.values())
+    skipped = f" ({len(result.skipped)} done by an earlier run, skipped)" if result.skipped else ""
     lines = [
-        f"Wrote {len(detections)} .mrk.json files and detections.csv to {output}.",
+        f"Wrote {len(detections)} .mrk.json files{skipped} and detections.csv to {output}.",
         f"{absent} landmark(s) not in view (a missing point; in_view 0 in detections.csv); {low} point(s) flagged "
         "for checking (low confidence; the flagged column).",
     ]
+    if result.failures:
+        lines.append(f"{len(result.failures)} case(s) failed, each with its reason in {output / 'failures.csv'}: "
+                     f"{', '.join(result.failures)}.")  # fmt: skip
     for name, detection in detections.items():
         for what, chosen in (("not in view", ~detection.in_view), ("check", detection.flagged & detection.in_view)):
             labels = [label for label, pick in zip(detection.labels, chosen, strict=True) if pick]

@@ -1,0 +1,203 @@
+"""Detection over many volumes, as ``cascade-landmarks detect`` runs it: a whole cohort in one command.
+
+The model loads once, and the next volume is read while the current one is detected. Each case ends with its
+record, ``records/<case>.json`` (the input's identity, the model's checksum, the settings and the whole
+detection), written after its ``.mrk.json``: a run killed at any point and started again skips exactly the cases
+whose record matches, and redoes the rest. A case that fails (an unreadable file, anything) is listed with its
+reason in ``failures.csv`` and the batch goes on. ``detections.csv`` is written at the end, from every record.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io.atomic_files import write_text_atomically
+from ..io.landmarks import write_landmarks
+from ..io.volumes import Volume, case_name, is_volume_path, read_volume
+from ..model.model_file import CascadeModel
+from .detection import Detection, write_detections_csv
+from .detector import detect
+
+RECORDS = "records"
+
+
+@dataclass(frozen=True)
+class BatchCase:
+    """A volume to detect in (a file or a DICOM folder) and the name its results take."""
+
+    name: str
+    volume: Path
+
+
+@dataclass
+class BatchResult:
+    """What a batch did: the detections of every case now complete (done in this run, or skipped because an
+    earlier run had done them), the names of the skipped ones, and each failed case with its reason."""
+
+    detections: dict[str, Detection] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def batch_cases(inputs: Iterable[str | os.PathLike]) -> list[BatchCase]:
+    """The cases of the command line's inputs: volume files, DICOM folders, folders of those, and CSV manifests
+    (a ``volume`` column, paths relative to the manifest, and optionally ``case`` for the results' names)."""
+    cases = []
+    for given in map(Path, inputs):
+        if given.suffix.lower() == ".csv" and given.is_file():
+            cases.extend(_manifest_cases(given))
+        elif given.is_dir() and not _holds_files_only_of_a_series(given):
+            found = [p for p in sorted(given.iterdir()) if not p.name.startswith(".") and _is_volume(p)]
+            if not found:
+                raise ValueError(f"Folder {given} holds no volume files (.nrrd, .nii.gz, .nii, .mha) or DICOM folders.")
+            cases.extend(BatchCase(case_name(p), p) for p in found)
+        else:
+            cases.append(BatchCase(case_name(given), given))
+    names = [case.name for case in cases]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"Several volumes are named {', '.join(repeated)}; their results would overwrite each other.")
+    return cases
+
+
+def _is_volume(path: Path) -> bool:
+    return (path.is_file() and is_volume_path(path)) or (path.is_dir() and _holds_files_only_of_a_series(path))
+
+
+def _holds_files_only_of_a_series(folder: Path) -> bool:
+    """A DICOM folder: it holds files (DICOM slices) and no volume files or subfolders."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return bool(entries) and all(p.is_file() and not is_volume_path(p) for p in entries)
+
+
+def _manifest_cases(manifest: Path) -> list[BatchCase]:
+    with open(manifest, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "volume" not in rows[0]:
+        raise ValueError(f"Manifest {manifest} needs a volume column (and, optionally, case) and at least one row.")
+    cases = []
+    for line, row in enumerate(rows, start=2):
+        volume = (row.get("volume") or "").strip()
+        if not volume:
+            raise ValueError(f"Manifest {manifest}, line {line}: the volume cell is empty.")
+        path = manifest.parent / volume
+        cases.append(BatchCase((row.get("case") or "").strip() or case_name(path), path))
+    return cases
+
+
+def detect_batch(
+    cases: list[BatchCase],
+    model: CascadeModel,
+    output: str | os.PathLike,
+    *,
+    settings: dict,
+    device: str = "auto",
+    coordinate_system: str = "LPS",
+    overwrite: bool = False,
+    progress: Callable[[str, float, str], None] | None = None,
+    on_case: Callable[[str, Detection | None, str | None], None] | None = None,
+) -> BatchResult:
+    """Detect in every case, writing ``<case>.mrk.json`` and ``records/<case>.json`` into ``output`` as each ends,
+    and ``detections.csv`` and ``failures.csv`` at the end.
+
+    Args:
+        settings: detection settings for this run (see :func:`~.detector.detect`); part of each record.
+        overwrite: replace results of another model or other settings, or a ``.mrk.json`` with no record (a
+            folder of cases keeps its reference landmarks so). Without it they are refused, before any case
+            starts. A case whose volume changed since its record is done again without it.
+        progress: called with (case, fraction of that case done, step).
+        on_case: called as each case ends, with its detection, or None and the reason it failed.
+
+    Raises:
+        ValueError: results already in ``output`` that this run would replace, without ``overwrite``.
+    """
+    output = Path(output)
+    result = BatchResult()
+    identity = {"model_sha256": model.sha256, "settings": settings, "coordinate_system": coordinate_system}
+    to_do, in_the_way = [], []
+    for case in cases:
+        record = _record(case, output)
+        points = output / f"{case.name}.mrk.json"
+        ours = record is not None and all(record.get(k) == v for k, v in identity.items())
+        if ours and points.is_file() and record.get("input") == _input_identity(case.volume):
+            result.detections[case.name] = Detection.from_dict(record["detection"])
+            result.skipped.append(case.name)
+            continue
+        to_do.append(case)
+        if points.exists() and not ours:  # another run's, or not from detect (a case's reference landmarks)
+            in_the_way.append(points)
+    if (output / "detections.csv").exists() and not (output / RECORDS).is_dir():
+        in_the_way.append(output / "detections.csv")
+    if in_the_way and not overwrite:
+        raise ValueError(
+            f"{', '.join(str(p) for p in in_the_way)} already exist(s), from another model, other settings, another "
+            "volume, or not from detect at all (a folder of cases keeps its reference landmarks under these names): "
+            "choose another output folder, or add --overwrite to replace them."
+        )
+    (output / RECORDS).mkdir(parents=True, exist_ok=True)
+    report = progress or (lambda _case, _fraction, _step: None)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as reader:
+        upcoming = reader.submit(read_volume, to_do[0].volume) if to_do else None
+        for index, case in enumerate(to_do):
+            current: Future = upcoming
+            upcoming = reader.submit(read_volume, to_do[index + 1].volume) if index + 1 < len(to_do) else None
+            try:
+                volume: Volume = current.result()
+                detection = detect(volume, model, device=device, progress=lambda f, s, n=case.name: report(n, f, s),
+                                   **settings)  # fmt: skip
+                write_landmarks(detection.landmarks(), output / f"{case.name}.mrk.json",
+                                coordinate_system=coordinate_system)  # fmt: skip
+                record = {**identity, "input": _input_identity(case.volume), "detection": detection.to_dict()}
+                write_text_atomically(output / RECORDS / f"{case.name}.json", json.dumps(record))
+            except Exception as error:  # one case's failure, whatever it is, does not stop the batch
+                result.failures[case.name] = str(error) if isinstance(error, ValueError) else repr(error)
+                _write_failures(result.failures, cases, output)
+                if on_case:
+                    on_case(case.name, None, result.failures[case.name])
+                continue
+            result.detections[case.name] = detection
+            if on_case:
+                on_case(case.name, detection, None)
+    order = [c.name for c in cases if c.name in result.detections]
+    write_detections_csv({n: result.detections[n] for n in order}, output / "detections.csv",
+                         coordinate_system=coordinate_system)  # fmt: skip
+    _write_failures(result.failures, cases, output)
+    return result
+
+
+def _record(case: BatchCase, output: Path) -> dict | None:
+    """The record an earlier run left for the case, or None (none, or unreadable: then the case is done again)."""
+    try:
+        record = json.loads((output / RECORDS / f"{case.name}.json").read_text())
+        Detection.from_dict(record["detection"])
+        return record
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _input_identity(volume: Path) -> dict:
+    """What tells whether the input changed since a record was written: its path, sizes and modification times
+    (of every file, for a DICOM folder)."""
+    files = sorted(volume.iterdir()) if volume.is_dir() else [volume]
+    stats = [f.stat() for f in files if f.is_file()]
+    return {
+        "path": str(volume.resolve()),
+        "bytes": sum(s.st_size for s in stats),
+        "modified_ns": max((s.st_mtime_ns for s in stats), default=0),
+    }
+
+
+def _write_failures(failures: dict[str, str], cases: list[BatchCase], output: Path) -> None:
+    volumes = {c.name: c.volume for c in cases}
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["case", "volume", "reason"])
+    writer.writerows([name, str(volumes[name]), reason] for name, reason in failures.items())
+    write_text_atomically(output / "failures.csv", text.getvalue())
