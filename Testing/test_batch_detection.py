@@ -116,3 +116,28 @@ def test_a_batch_killed_with_sigkill_resumes_without_losing_or_repeating_a_case(
         assert len(read_landmarks(output / f"ct{n:02d}.mrk.json").labels) == 3
         json.loads((output / "records" / f"ct{n:02d}.json").read_text())
     assert len(_rows(output / "detections.csv")) == 30 * 3
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_share_a_batch_and_do_each_case_exactly_once(
+    tmp_path, trained_model_path, synthetic_data
+):
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for n in range(7):
+        shutil.copy(synthetic_data / "test" / f"case{100 + n % 4}.nrrd", cohort / f"ct{n}.nrrd")
+    _cut_short_copy(synthetic_data / "test" / "case100.nrrd", cohort / "ct9.nrrd")
+    output = tmp_path / "out"
+    command = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "cascade_landmarks.cli",
+               "detect", str(trained_model_path), str(cohort), "-o", str(output), "--device", "cpu"]  # fmt: skip
+    single_threaded = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*command, "--quiet"], capture_output=True, text=True, timeout=300, env=single_threaded)
+    assert result.returncode == 1, result.stderr[-3000:]  # the one failed case, counted by the first process
+    assert result.stdout.count("Wrote") == 1  # only the first process reports
+    # The cases in name order, every second one to each process; each done once, by the process it fell to.
+    names = [f"ct{n}" for n in (0, 1, 2, 3, 4, 5, 6, 9)]
+    processes = {name: json.loads((output / "records" / f"{name}.json").read_text())["process"] for name in names[:-1]}
+    assert processes == {name: index % 2 for index, name in enumerate(names[:-1])}
+    assert [row["case"] for row in _rows(output / "failures.csv")] == ["ct9"]
+    assert not list(output.glob("failures.process*.csv"))
+    assert sorted({row["case"] for row in _rows(output / "detections.csv")}) == names[:-1]

@@ -7,11 +7,12 @@ file to points:
   ``volumes``, ``landmarks`` (``.mrk.json``, ``.fcsv``, long CSV), ``landmark_sets``, ``cases`` (folders and
   manifests of annotated volumes), ``resources``, ``atomic_files``;
 - ``model/``: ``heatmap_unet`` (stage 1) and ``heatmaps``, ``displacement_cnn`` (stage 2), ``losses``, ``config``,
-  ``model_file`` (the ``.pt`` file, no pickle), ``registry`` (models by name), ``devices``;
+  ``model_file`` (the ``.pt`` file, no pickle), ``registry`` (models by name), ``devices``, ``distributed``
+  (torchrun);
 - ``inference/``: ``preprocessing`` (what the networks see), ``detector`` (volume -> points), ``detection`` (the
   record it gives, as JSON), ``batch`` (a cohort: resumable, failures recorded);
 - ``training/``: ``config``, ``batches``, ``augmentation``, ``trainer`` (the loop), ``presence`` (in view or
-  not), ``checkpoints``, ``run_files``, ``distributed``;
+  not), ``checkpoints``, ``run_files``;
 - ``evaluation/``: ``errors`` (errors in mm and their tables), ``metrics``, ``figures`` (QC images, error plot);
 - ``bench/``: research tooling: ``phantoms``, ``paper_tables``, ``afids``, ``real_ct``, ``random_crops``,
   ``realism_report``, ``correction_loop``, ``speed``, ``bundling``;

@@ -526,6 +526,8 @@ def _run_detect(args: argparse.Namespace) -> int:
                           coordinate_system=args.coordinate_system, overwrite=args.overwrite, progress=report,
                           on_case=case_ended)  # fmt: skip
     task.close()
+    if not result.is_main:  # another process of a torchrun batch: the first one reports for all
+        return 0
     if len(cases) == 1 and result.failures:  # one volume: its error is the command's
         raise ValueError(next(iter(result.failures.values())))
     print(_detect_summary(result, output))

@@ -5,6 +5,9 @@ record, ``records/<case>.json`` (the input's identity, the model's checksum, the
 detection), written after its ``.mrk.json``: a run killed at any point and started again skips exactly the cases
 whose record matches, and redoes the rest. A case that fails (an unreadable file, anything) is listed with its
 reason in ``failures.csv`` and the batch goes on. ``detections.csv`` is written at the end, from every record.
+
+Under ``torchrun`` each process takes every n-th case of the list (the same list in every process), writes its
+own cases' files, and the first process gathers the records into ``detections.csv`` and ``failures.csv``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from ..io.atomic_files import write_text_atomically
 from ..io.landmarks import write_landmarks
 from ..io.volumes import Volume, case_name, is_volume_path, read_volume
+from ..model.distributed import Process, join_process_group
 from ..model.model_file import CascadeModel
 from .detection import Detection, write_detections_csv
 from .detector import detect
@@ -44,6 +48,7 @@ class BatchResult:
     detections: dict[str, Detection] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
+    is_main: bool = True  # False in the other processes of a torchrun batch: theirs is a part of the whole
 
 
 def batch_cases(inputs: Iterable[str | os.PathLike]) -> list[BatchCase]:
@@ -119,7 +124,8 @@ def detect_batch(
         ValueError: results already in ``output`` that this run would replace, without ``overwrite``.
     """
     output = Path(output)
-    result = BatchResult()
+    process = join_process_group(device)  # under torchrun: this process's share of the cases, in a fixed order
+    result = BatchResult(is_main=process.is_main)
     identity = {"model_sha256": model.sha256, "settings": settings, "coordinate_system": coordinate_system}
     to_do, in_the_way = [], []
     for case in cases:
@@ -141,6 +147,8 @@ def detect_batch(
             "volume, or not from detect at all (a folder of cases keeps its reference landmarks under these names): "
             "choose another output folder, or add --overwrite to replace them."
         )
+    process.barrier()  # every process has looked at the folder before any writes to it
+    to_do = to_do[process.rank :: process.world_size]
     (output / RECORDS).mkdir(parents=True, exist_ok=True)
     report = progress or (lambda _case, _fraction, _step: None)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as reader:
@@ -150,25 +158,48 @@ def detect_batch(
             upcoming = reader.submit(read_volume, to_do[index + 1].volume) if index + 1 < len(to_do) else None
             try:
                 volume: Volume = current.result()
-                detection = detect(volume, model, device=device, progress=lambda f, s, n=case.name: report(n, f, s),
-                                   **settings)  # fmt: skip
+                detection = detect(volume, model, device=str(process.device),
+                                   progress=lambda f, s, n=case.name: report(n, f, s), **settings)  # fmt: skip
                 write_landmarks(detection.landmarks(), output / f"{case.name}.mrk.json",
                                 coordinate_system=coordinate_system)  # fmt: skip
-                record = {**identity, "input": _input_identity(case.volume), "detection": detection.to_dict()}
+                record = {**identity, "input": _input_identity(case.volume), "process": process.rank,
+                          "detection": detection.to_dict()}  # fmt: skip
                 write_text_atomically(output / RECORDS / f"{case.name}.json", json.dumps(record))
             except Exception as error:  # one case's failure, whatever it is, does not stop the batch
                 result.failures[case.name] = str(error) if isinstance(error, ValueError) else repr(error)
-                _write_failures(result.failures, cases, output)
+                _write_failures(result.failures, cases, output, process)
                 if on_case:
                     on_case(case.name, None, result.failures[case.name])
                 continue
             result.detections[case.name] = detection
             if on_case:
                 on_case(case.name, detection, None)
+    _write_failures(result.failures, cases, output, process)
+    process.barrier()
+    if process.world_size > 1:  # every process's cases are done: the main one gathers them
+        if not process.is_main:
+            return result
+        result = _gathered(cases, output, result.skipped, process.world_size)
     order = [c.name for c in cases if c.name in result.detections]
     write_detections_csv({n: result.detections[n] for n in order}, output / "detections.csv",
                          coordinate_system=coordinate_system)  # fmt: skip
-    _write_failures(result.failures, cases, output)
+    return result
+
+
+def _gathered(cases: list[BatchCase], output: Path, skipped: list[str], processes: int) -> BatchResult:
+    """The results of every process of a distributed batch, from their records and failure files (merged into
+    ``failures.csv``)."""
+    result = BatchResult(skipped=skipped)
+    for rank in range(processes):
+        part = output / f"failures.process{rank}.csv"
+        with open(part, newline="") as handle:
+            result.failures.update((row["case"], row["reason"]) for row in csv.DictReader(handle))
+        part.unlink()
+    for case in cases:
+        record = _record(case, output)
+        if case.name not in result.failures and record is not None:
+            result.detections[case.name] = Detection.from_dict(record["detection"])
+    _write_failures(result.failures, cases, output, None)
     return result
 
 
@@ -194,10 +225,14 @@ def _input_identity(volume: Path) -> dict:
     }
 
 
-def _write_failures(failures: dict[str, str], cases: list[BatchCase], output: Path) -> None:
+def _write_failures(failures: dict[str, str], cases: list[BatchCase], output: Path, process: Process | None) -> None:
+    """``failures.csv``, or each process's own part of it in a distributed batch."""
     volumes = {c.name: c.volume for c in cases}
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["case", "volume", "reason"])
     writer.writerows([name, str(volumes[name]), reason] for name, reason in failures.items())
-    write_text_atomically(output / "failures.csv", text.getvalue())
+    alone = process is None or process.world_size == 1
+    write_text_atomically(
+        output / ("failures.csv" if alone else f"failures.process{process.rank}.csv"), text.getvalue()
+    )

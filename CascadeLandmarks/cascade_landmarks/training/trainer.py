@@ -1,5 +1,5 @@
 """Training both stages: from a folder of cases to a model file, resumable, reproducible, and distributed with
-PyTorch's own launcher (``torchrun``, see :mod:`~cascade_landmarks.training.distributed`).
+PyTorch's own launcher (``torchrun``, see :mod:`~cascade_landmarks.model.distributed`).
 
 :func:`train` goes in named steps: where to start (afresh, from a model to fine-tune, or from a killed run's
 checkpoint), the cases, stage 1, stage 2, the record of how the model was made.
@@ -33,13 +33,13 @@ from ..inference.detector import locate_stage1, refine
 from ..io.cases import CheckedCase, check_cases, find_cases, split_cases
 from ..io.landmark_sets import LandmarkSet, load_landmark_set
 from ..model.config import DETECTION_SETTINGS, CascadeConfig
+from ..model.distributed import Process, join_process_group
 from ..model.losses import euclidean_loss, heatmap_loss
 from ..model.model_file import CascadeModel, load_model, model_from_state, save_model
 from ..progress import Reporter, as_reporter
 from .batches import Batch, TrainingCase, prepare_case, stage1_batch, stage2_batch
 from .checkpoints import NO_LINEAGE, checkpoint_lineage, load_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainingConfig
-from .distributed import Process, join_process_group
 from .presence import calibrate_presence
 from .run_files import checkpoint_path
 

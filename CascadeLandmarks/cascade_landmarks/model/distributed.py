@@ -1,5 +1,5 @@
-"""Training on several processes with PyTorch's own launcher, ``torchrun``: the process group it describes in the
-environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``), NCCL on GPUs and gloo on CPUs."""
+"""Training and detection on several processes with PyTorch's own launcher, ``torchrun``: the process group it
+describes in the environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``), NCCL on GPUs and gloo on CPUs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import distributed
 
-from ..model.devices import select_device
+from .devices import select_device
 
 
 @dataclass
