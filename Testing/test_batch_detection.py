@@ -141,3 +141,31 @@ def test_two_torchrun_processes_share_a_batch_and_do_each_case_exactly_once(
     assert [row["case"] for row in _rows(output / "failures.csv")] == ["ct9"]
     assert not list(output.glob("failures.process*.csv"))
     assert sorted({row["case"] for row in _rows(output / "detections.csv")}) == names[:-1]
+
+
+def test_a_disk_that_fills_stops_the_batch_with_a_message_and_keeps_the_finished_cases(
+    tmp_path, trained_model_path, synthetic_data
+):
+    import resource
+
+    cohort = shutil.copytree(synthetic_data / "test", tmp_path / "cohort", ignore=shutil.ignore_patterns("*.mrk.json"))
+    output = tmp_path / "out"
+    # No file may grow past 2 kB: each case's files fit (about 1.5 kB each), the summary of all four does not.
+    limit = 2_000
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    full = _detect(trained_model_path, cohort, output=output, preexec_fn=small_disk)
+    assert full.returncode == 1
+    assert "detections.csv: File too large. Every file is written whole or not at all" in full.stderr
+    assert "run the same command again" in full.stderr
+    assert not (output / "detections.csv").exists()
+    assert not list(output.glob(".partial-*"))  # no half-written file left behind
+    finished = {p.name: p.read_bytes() for p in output.glob("*.mrk.json")}
+    assert len(finished) == 4
+    again = _detect(trained_model_path, cohort, output=output)
+    assert again.returncode == 0, again.stderr
+    assert "(4 done by an earlier run, skipped)" in again.stdout
+    assert {p.name: p.read_bytes() for p in output.glob("*.mrk.json")} == finished
+    assert len(_rows(output / "detections.csv")) == 4 * 3

@@ -36,7 +36,7 @@ import numpy as np
 
 from .bench.phantoms import FORMATS as PHANTOM_FORMATS
 from .bench.phantoms import PHANTOMS, phantom, write_phantoms
-from .io.atomic_files import write_text_atomically
+from .io.atomic_files import DISK_FULL, write_text_atomically
 from .io.landmark_sets import available_landmark_sets, load_landmark_set
 from .io.landmarks import LANDMARK_SUFFIXES, Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
 from .io.volumes import Volume, read_volume, values_at, write_volume
@@ -52,7 +52,8 @@ PROGRESS_FORMATS = ("bar", "json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; its exit code: 0 done, 2 refused (a message says what to change), 1 failed otherwise."""
+    """Run the command; its exit code: 0 done, 2 refused (a message says what to change), 1 failed otherwise
+    (``detect`` on several volumes: the number of cases that failed)."""
     args = _build_parser().parse_args(argv)
     show = not getattr(args, "quiet", False)
     args.reporter = JsonReporter(progress=show) if args.progress_format == "json" else TerminalReporter(progress=show)
@@ -70,11 +71,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader stopped early (``cascade-landmarks sets | head``): nothing went wrong
         sys.stderr.close()
         return 0
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        _report_error(args, f"Cannot write {error.filename or 'a file'}: {os.strerror(error.errno)}. {OUT_OF_SPACE}")
+        return 1
     except Exception as error:
         if not isinstance(args.reporter, JsonReporter):
             raise  # a person at a terminal gets the traceback, to report it
         _report_error(args, f"{type(error).__name__}: {error}")
         return 1
+
+
+OUT_OF_SPACE = (
+    "Every file is written whole or not at all, so the files written before are intact: make room, then run the "
+    "same command again (detect skips the cases it finished; train goes on with --resume)."
+)
 
 
 def _report_error(args: argparse.Namespace, message: str) -> None:

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io.atomic_files import write_text_atomically
+from ..io.atomic_files import DISK_FULL, write_text_atomically
 from ..io.landmarks import write_landmarks
 from ..io.volumes import Volume, case_name, is_volume_path, read_volume
 from ..model.distributed import Process, join_process_group
@@ -165,7 +165,9 @@ def detect_batch(
                 record = {**identity, "input": _input_identity(case.volume), "process": process.rank,
                           "detection": detection.to_dict()}  # fmt: skip
                 write_text_atomically(output / RECORDS / f"{case.name}.json", json.dumps(record))
-            except Exception as error:  # one case's failure, whatever it is, does not stop the batch
+            except Exception as error:  # one case's failure, whatever it is, does not stop the batch...
+                if isinstance(error, OSError) and error.errno in DISK_FULL:
+                    raise  # ...but a full disk would fail every case after it
                 result.failures[case.name] = str(error) if isinstance(error, ValueError) else repr(error)
                 _write_failures(result.failures, cases, output, process)
                 if on_case:

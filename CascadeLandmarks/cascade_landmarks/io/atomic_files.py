@@ -7,10 +7,14 @@ in one step (``os.replace``), so readers see either the old file or the new one,
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+# What a write fails with when there is no room: no space left, over a quota, or a file over RLIMIT_FSIZE.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @contextlib.contextmanager
@@ -28,6 +32,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, target)
+    except OSError as error:
+        if error.errno in DISK_FULL:  # said of the file the user knows, not of its temporary name
+            raise OSError(error.errno, os.strerror(error.errno), str(target)) from error
+        raise
     finally:
         temporary.unlink(missing_ok=True)
 
