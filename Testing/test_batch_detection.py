@@ -81,6 +81,13 @@ def test_a_second_run_skips_the_finished_cases_and_redoes_a_changed_or_failed_on
     assert {name for name in now if now[name] != written.get(name)} == {"broken.mrk.json", "case102.mrk.json"}
     assert _rows(output / "failures.csv") == []
     assert len({row["case"] for row in _rows(output / "detections.csv")}) == 5
+    # Killed between a case's points and its record: that case is done again, not taken for someone else's file.
+    (output / "records" / "case103.json").unlink()
+    (output / "records" / "case103.pending").touch()
+    resumed = _detect(trained_model_path, cohort, output=output)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "(4 done by an earlier run, skipped)" in resumed.stdout
+    assert not (output / "records" / "case103.pending").exists()
     # Another model's (or other settings') results are not skipped, nor replaced without --overwrite.
     other = _detect(trained_model_path, cohort, "--stage2-passes", "1", output=output)
     assert other.returncode == 2

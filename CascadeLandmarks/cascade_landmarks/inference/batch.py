@@ -2,9 +2,10 @@
 
 The model loads once, and the next volume is read while the current one is detected. Each case ends with its
 record, ``records/<case>.json`` (the input's identity, the model's checksum, the settings and the whole
-detection), written after its ``.mrk.json``: a run killed at any point and started again skips exactly the cases
-whose record matches, and redoes the rest. A case that fails (an unreadable file, anything) is listed with its
-reason in ``failures.csv`` and the batch goes on. ``detections.csv`` is written at the end, from every record.
+detection), written after its ``.mrk.json`` (``records/<case>.pending`` marks a case whose files are being
+written): a run killed at any point and started again skips exactly the cases whose record matches, and redoes
+the rest. A case that fails (an unreadable file, anything) is listed with its reason in ``failures.csv`` and the
+batch goes on. ``detections.csv`` is written at the end, from every record.
 
 Under ``torchrun`` each process takes every n-th case of the list (the same list in every process), writes its
 own cases' files, and the first process gathers the records into ``detections.csv`` and ``failures.csv``.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from ..io.atomic_files import DISK_FULL, write_text_atomically
 from ..io.landmarks import write_landmarks
-from ..io.volumes import Volume, case_name, is_volume_path, read_volume
+from ..io.volumes import case_name, is_volume_path, read_volume
 from ..model.distributed import Process, join_process_group
 from ..model.model_file import CascadeModel
 from .detection import Detection, write_detections_csv
@@ -58,7 +59,7 @@ def batch_cases(inputs: Iterable[str | os.PathLike]) -> list[BatchCase]:
     for given in map(Path, inputs):
         if given.suffix.lower() == ".csv" and given.is_file():
             cases.extend(_manifest_cases(given))
-        elif given.is_dir() and not _holds_files_only_of_a_series(given):
+        elif given.is_dir() and not _is_dicom_folder(given):
             found = [p for p in sorted(given.iterdir()) if not p.name.startswith(".") and _is_volume(p)]
             if not found:
                 raise ValueError(f"Folder {given} holds no volume files (.nrrd, .nii.gz, .nii, .mha) or DICOM folders.")
@@ -73,11 +74,11 @@ def batch_cases(inputs: Iterable[str | os.PathLike]) -> list[BatchCase]:
 
 
 def _is_volume(path: Path) -> bool:
-    return (path.is_file() and is_volume_path(path)) or (path.is_dir() and _holds_files_only_of_a_series(path))
+    return (path.is_file() and is_volume_path(path)) or (path.is_dir() and _is_dicom_folder(path))
 
 
-def _holds_files_only_of_a_series(folder: Path) -> bool:
-    """A DICOM folder: it holds files (DICOM slices) and no volume files or subfolders."""
+def _is_dicom_folder(folder: Path) -> bool:
+    """Whether a folder is one DICOM series: it holds files (its slices), and no volume files or subfolders."""
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     return bool(entries) and all(p.is_file() and not is_volume_path(p) for p in entries)
 
@@ -125,46 +126,29 @@ def detect_batch(
     """
     output = Path(output)
     process = join_process_group(device)  # under torchrun: this process's share of the cases, in a fixed order
-    result = BatchResult(is_main=process.is_main)
     identity = {"model_sha256": model.sha256, "settings": settings, "coordinate_system": coordinate_system}
-    to_do, in_the_way = [], []
-    for case in cases:
-        record = _record(case, output)
-        points = output / f"{case.name}.mrk.json"
-        ours = record is not None and all(record.get(k) == v for k, v in identity.items())
-        if ours and points.is_file() and record.get("input") == _input_identity(case.volume):
-            result.detections[case.name] = Detection.from_dict(record["detection"])
-            result.skipped.append(case.name)
-            continue
-        to_do.append(case)
-        if points.exists() and not ours:  # another run's, or not from detect (a case's reference landmarks)
-            in_the_way.append(points)
-    if (output / "detections.csv").exists() and not (output / RECORDS).is_dir():
-        in_the_way.append(output / "detections.csv")
-    if in_the_way and not overwrite:
-        raise ValueError(
-            f"{', '.join(str(p) for p in in_the_way)} already exist(s), from another model, other settings, another "
-            "volume, or not from detect at all (a folder of cases keeps its reference landmarks under these names): "
-            "choose another output folder, or add --overwrite to replace them."
-        )
+    result, to_do = _skip_finished(cases, output, identity, overwrite)
+    result.is_main = process.is_main
     process.barrier()  # every process has looked at the folder before any writes to it
-    to_do = to_do[process.rank :: process.world_size]
     (output / RECORDS).mkdir(parents=True, exist_ok=True)
     report = progress or (lambda _case, _fraction, _step: None)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as reader:
-        upcoming = reader.submit(read_volume, to_do[0].volume) if to_do else None
-        for index, case in enumerate(to_do):
+        mine = to_do[process.rank :: process.world_size]
+        upcoming = reader.submit(read_volume, mine[0].volume) if mine else None
+        for index, case in enumerate(mine):
             current: Future = upcoming
-            upcoming = reader.submit(read_volume, to_do[index + 1].volume) if index + 1 < len(to_do) else None
+            upcoming = reader.submit(read_volume, mine[index + 1].volume) if index + 1 < len(mine) else None
             try:
-                volume: Volume = current.result()
-                detection = detect(volume, model, device=str(process.device),
+                detection = detect(current.result(), model, device=str(process.device),
                                    progress=lambda f, s, n=case.name: report(n, f, s), **settings)  # fmt: skip
+                pending = output / RECORDS / f"{case.name}.pending"  # the case's files are being written
+                pending.touch()
                 write_landmarks(detection.landmarks(), output / f"{case.name}.mrk.json",
                                 coordinate_system=coordinate_system)  # fmt: skip
                 record = {**identity, "input": _input_identity(case.volume), "process": process.rank,
                           "detection": detection.to_dict()}  # fmt: skip
                 write_text_atomically(output / RECORDS / f"{case.name}.json", json.dumps(record))
+                pending.unlink()
             except Exception as error:  # one case's failure, whatever it is, does not stop the batch...
                 if isinstance(error, OSError) and error.errno in DISK_FULL:
                     raise  # ...but a full disk would fail every case after it
@@ -186,6 +170,35 @@ def detect_batch(
     write_detections_csv({n: result.detections[n] for n in order}, output / "detections.csv",
                          coordinate_system=coordinate_system)  # fmt: skip
     return result
+
+
+def _skip_finished(
+    cases: list[BatchCase], output: Path, identity: dict, overwrite: bool
+) -> tuple[BatchResult, list[BatchCase]]:
+    """The cases an earlier run finished with this model and settings from the same input (in the result, as
+    skipped), and the cases to do; refuses results in the way unless ``overwrite``."""
+    result, to_do, in_the_way = BatchResult(), [], []
+    for case in cases:
+        record, points = _record(case, output), output / f"{case.name}.mrk.json"
+        interrupted = (output / RECORDS / f"{case.name}.pending").exists()  # killed while writing its files
+        same_run = record is not None and all(record.get(k) == v for k, v in identity.items())
+        ours = same_run or interrupted
+        if same_run and not interrupted and points.is_file() and record.get("input") == _input_identity(case.volume):
+            result.detections[case.name] = Detection.from_dict(record["detection"])
+            result.skipped.append(case.name)
+            continue
+        to_do.append(case)
+        if points.exists() and not ours:  # another run's, or not from detect (a case's reference landmarks)
+            in_the_way.append(points)
+    if (output / "detections.csv").exists() and not (output / RECORDS).is_dir():
+        in_the_way.append(output / "detections.csv")
+    if in_the_way and not overwrite:
+        raise ValueError(
+            f"{', '.join(str(p) for p in in_the_way)} already exist(s), from another model, other settings, another "
+            "volume, or not from detect at all (a folder of cases keeps its reference landmarks under these names): "
+            "choose another output folder, or add --overwrite to replace them."
+        )
+    return result, to_do
 
 
 def _gathered(cases: list[BatchCase], output: Path, skipped: list[str], processes: int) -> BatchResult:
