@@ -15,8 +15,10 @@ no progress, only warnings. :class:`Reporter` itself reports nothing at all.
 
 JSON messages, each with a ``type``:
 ``{"type": "progress", "task": "stage 1", "done": 120, "total": 400, "fraction": 0.3, "metrics": {...},
-"seconds_left": 63.0}``, ``{"type": "warning", "message": "...", "case": "..."}``, and what a command sends
-once it is done: ``{"type": "result", ...}`` or, when it failed, ``{"type": "error", "message": "..."}``.
+"seconds_left": 63.0}``, ``{"type": "warning", "message": "...", "case": "..."}``, for ``detect`` one
+``{"type": "result", "case": ..., "detection": ...}`` or ``{"type": "failure", "case": ..., "reason": ...}`` per
+case, and what a command sends once it is done: ``{"type": "result", ...}`` or, when it failed,
+``{"type": "error", "message": "..."}``.
 """
 
 from __future__ import annotations
