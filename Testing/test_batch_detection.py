@@ -64,6 +64,7 @@ def test_a_folder_and_a_manifest_are_detected_case_by_case_and_a_bad_case_does_n
     )
 
 
+@pytest.mark.slow
 def test_a_second_run_skips_the_finished_cases_and_redoes_a_changed_or_failed_one(
     tmp_path, trained_model_path, synthetic_data
 ):

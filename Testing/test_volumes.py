@@ -190,8 +190,7 @@ def test_a_file_cut_short_is_refused_not_read_with_zeros(tmp_path, written):
             read_volume(header)
 
 
-@pytest.mark.parametrize("which", ["first", "middle"])
-@pytest.mark.parametrize("cut", ["at its pixel data", "inside its pixel data"])
+@pytest.mark.parametrize(("which", "cut"), [("first", "at its pixel data"), ("middle", "inside its pixel data")])
 def test_a_dicom_slice_without_its_pixel_data_is_refused(tmp_path, shared_data, which, cut):
     import shutil
 
