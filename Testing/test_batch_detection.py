@@ -37,6 +37,14 @@ def _cut_short_copy(source: Path, target: Path) -> Path:
     return target
 
 
+def _cohort_of_copies(synthetic_data: Path, cohort: Path, names: list[str]) -> Path:
+    """A folder of volumes named ``names``, copies of the four held-out sphere cases in turn."""
+    cohort.mkdir()
+    for n, name in enumerate(names):
+        shutil.copy(synthetic_data / "test" / f"case{100 + n % 4}.nrrd", cohort / f"{name}.nrrd")
+    return cohort
+
+
 def test_a_folder_and_a_manifest_are_detected_case_by_case_and_a_bad_case_does_not_stop_the_batch(
     tmp_path, trained_model_path, synthetic_data
 ):
@@ -99,10 +107,7 @@ def test_a_second_run_skips_the_finished_cases_and_redoes_a_changed_or_failed_on
 def test_a_batch_killed_with_sigkill_resumes_without_losing_or_repeating_a_case(
     tmp_path, trained_model_path, synthetic_data
 ):
-    cohort = tmp_path / "cohort"
-    cohort.mkdir()
-    for n in range(30):
-        shutil.copy(synthetic_data / "test" / f"case{100 + n % 4}.nrrd", cohort / f"ct{n:02d}.nrrd")
+    cohort = _cohort_of_copies(synthetic_data, tmp_path / "cohort", [f"ct{n:02d}" for n in range(30)])
     output = tmp_path / "out"
     command = [str(BIN / "cascade-landmarks"), "detect", str(trained_model_path), str(cohort), "-o", str(output),
                "--quiet"]  # fmt: skip
@@ -130,10 +135,7 @@ def test_a_batch_killed_with_sigkill_resumes_without_losing_or_repeating_a_case(
 def test_two_torchrun_processes_share_a_batch_and_do_each_case_exactly_once(
     tmp_path, trained_model_path, synthetic_data
 ):
-    cohort = tmp_path / "cohort"
-    cohort.mkdir()
-    for n in range(7):
-        shutil.copy(synthetic_data / "test" / f"case{100 + n % 4}.nrrd", cohort / f"ct{n}.nrrd")
+    cohort = _cohort_of_copies(synthetic_data, tmp_path / "cohort", [f"ct{n}" for n in range(7)])
     _cut_short_copy(synthetic_data / "test" / "case100.nrrd", cohort / "ct9.nrrd")
     output = tmp_path / "out"
     command = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "cascade_landmarks.cli",
