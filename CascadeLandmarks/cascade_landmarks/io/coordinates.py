@@ -111,6 +111,11 @@ class Geometry:
         """RAS mm, shape (..., 3), to continuous voxel indices ``(i, j, k)``, shape (..., 3)."""
         return self.lps_to_index(ras_to_lps(points_ras))
 
+    def box(self, start, size) -> Geometry:
+        """The grid of ``size`` voxels (i, j, k) whose first voxel is this grid's voxel ``start`` (which may lie
+        outside it): same spacing and direction, its voxels on this grid's."""
+        return Geometry(tuple(int(n) for n in size), self.spacing, self.index_to_lps(start), self.direction)
+
     def contains_lps(self, points_lps: np.ndarray) -> np.ndarray:
         """Whether each LPS point, shape (..., 3), lies in the grid (voxel edges included); shape (...)."""
         ijk = self.lps_to_index(points_lps)

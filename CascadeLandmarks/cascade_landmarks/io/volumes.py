@@ -284,7 +284,7 @@ def crop_or_pad(
         out[dest_low[2] : dest_high[2], dest_low[1] : dest_high[1], dest_low[0] : dest_high[0]] = volume.array[
             source_low[2] : source_high[2], source_low[1] : source_high[1], source_low[0] : source_high[0]
         ]
-    geometry = Geometry(size=tuple(size), spacing=old.spacing, origin=old.index_to_lps(start), direction=old.direction)
+    geometry = old.box(start, size)
     return Volume(array=out, geometry=geometry)
 
 

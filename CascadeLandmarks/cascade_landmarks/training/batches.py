@@ -209,7 +209,7 @@ def _end_the_scan(array: np.ndarray, grid: Geometry, rng: Generator) -> tuple[np
     kept = tuple(slice(low, high) for low, high in zip(start[::-1], (start + size)[::-1], strict=True))
     ended = np.zeros_like(array)
     ended[kept] = array[kept]
-    return ended, Geometry(tuple(size), grid.spacing, grid.index_to_lps(start), grid.direction)
+    return ended, grid.box(start, size)
 
 
 def _stage1_view(
@@ -257,8 +257,7 @@ def random_cube(grid: Geometry, size, landmarks: np.ndarray, rng: Generator, *, 
         start = np.clip(np.round(centre - rng.integers(4, size - 4)), lower, upper)
     else:
         start = np.array([int(rng.integers(low, high + 1)) for low, high in zip(lower, upper, strict=True)])
-    start = start.astype(int)
-    return Geometry(tuple(size), grid.spacing, grid.index_to_lps(start), grid.direction)
+    return grid.box(start.astype(int), size)
 
 
 def cut_box(array: np.ndarray, start: np.ndarray, size) -> np.ndarray:

@@ -20,7 +20,6 @@ import torch
 
 from ..inference.detector import locate_stage1
 from ..io.cases import check_cases, find_cases
-from ..io.coordinates import Geometry
 from ..model.devices import select_device
 from ..model.model_file import CascadeModel, save_model
 from .batches import TrainingCase, cut_box, prepare_case, random_field_of_view
@@ -70,13 +69,10 @@ def calibrate_presence(
             start, size = random_field_of_view(case.stage1_grid, rng)
             padded = -(-size // multiple) * multiple
             low = (padded - size) // 2
-            view = np.zeros(tuple(padded[::-1]), np.float32)  # air round the box, as detection pads a scan
-            view[low[2] : low[2] + size[2], low[1] : low[1] + size[1], low[0] : low[0] + size[0]] = cut_box(
-                case.stage1_input, start, size
-            )
+            air = [(low[axis], padded[axis] - size[axis] - low[axis]) for axis in (2, 1, 0)]  # [k, j, i]
+            view = np.pad(cut_box(case.stage1_input, start, size), air)  # as detection pads a scan
             grid = case.stage1_grid
-            box = Geometry(tuple(size), grid.spacing, grid.index_to_lps(start), grid.direction)
-            padded_grid = Geometry(tuple(padded), grid.spacing, grid.index_to_lps(start - low), grid.direction)
+            box, padded_grid = grid.box(start, size), grid.box(start - low, padded)
             _, peak = locate_stage1(model, view, padded_grid, device)
             peaks.append(peak / config.heatmap_height)
             present.append(box.contains_lps(np.nan_to_num(case.landmarks_lps)) & case.placed)  # missing: never
