@@ -45,14 +45,19 @@ def add_bundled_model(model_path: str | os.PathLike, name: str, card_text: str, 
     return entry
 
 
-def training_run_lines(training: dict) -> list[str]:
-    """A model card's list of the training runs that made a model (its training record), oldest first: fine-tuning
-    links each run to the one before."""
+def training_runs(training: dict) -> list[dict]:
+    """The training runs that made a model (its training record), oldest first: fine-tuning links each run to the
+    one before."""
     runs = []
     while training:
         runs.append(training)
         training = training.get("previous_training")
-    return [_run_line(run) for run in reversed(runs)]
+    return runs[::-1]
+
+
+def training_run_lines(training: dict) -> list[str]:
+    """A model card's list of the training runs that made a model, oldest first."""
+    return [_run_line(run) for run in training_runs(training)]
 
 
 def _run_line(run: dict) -> str:

@@ -32,7 +32,7 @@ from ..io.landmark_sets import load_landmark_set
 from ..io.landmarks import Landmarks, read_landmarks
 from ..io.volumes import read_volume
 from ..model.model_file import CascadeModel, load_model
-from .bundling import add_bundled_model, training_run_lines
+from .bundling import add_bundled_model, training_run_lines, training_runs
 
 ARCH = ("brachiocephalic trunk origin", "left common carotid artery origin", "left subclavian artery origin")
 BELOW_THE_CHEST = (
@@ -102,9 +102,10 @@ def real_ct_benchmark(
     the first model ships in ``Resources/Models`` under that name, with a card holding its figures here."""
     data, output = Path(data), Path(output)
     lines = ["# aortic-9 models on real CT scans (not phantoms)", ""]
-    summary, sections = {}, []
+    summary, sections, loaded = {}, [], []
     for name in models:
         model = load_model(name, landmark_set="aortic-9")
+        loaded.append(model)
         results = {}
         for case in REAL_CASES:
             truth = reference(case, data)
@@ -118,7 +119,7 @@ def real_ct_benchmark(
     write_text_atomically(output / "report.md", report + "\n")
     write_text_atomically(output / "report.json", json.dumps(summary, indent=2) + "\n")
     if bundle:
-        card = cta_model_card(bundle, load_model(models[0]), sections[0][1:])
+        card = cta_model_card(bundle, loaded[0], sections[0][1:])
         entry = add_bundled_model(models[0], bundle, card, description=CTA_DESCRIPTION)
         report += (
             f"\n\nBundled {models[0]} as {entry.name} (version {entry.version}) in Resources/Models, with its card."
@@ -133,7 +134,8 @@ def cta_model_card(name: str, model: CascadeModel, real_section: list[str]) -> s
     """The card of an aortic-9 model for real scans: what it saw, how it was made, and its figures on the real
     scans of the shared data (``real_section``: its table and targets from this benchmark)."""
     config, training = model.config, model.training
-    seen = [case.name for case in REAL_CASES if case.name in _all_training_cases(training)]
+    trained_on = {name for run in training_runs(training) for name in run.get("cases", {}).get("training", [])}
+    seen = [case.name for case in REAL_CASES if case.name in trained_on]
     weights = training.get("weights", {})
     seen_text = ", ".join(f"{n} (drawn {weights.get(n, 1):g} times as often as a phantom)" for n in seen) or "none"
     thresholds = ", ".join(f"{t:.2f}" for t in config.presence_thresholds)
@@ -173,15 +175,6 @@ def cta_model_card(name: str, model: CascadeModel, real_section: list[str]) -> s
             "",
         ]
     )
-
-
-def _all_training_cases(training: dict) -> set[str]:
-    """The training cases of every run that made a model."""
-    names = set()
-    while training:
-        names.update(training.get("cases", {}).get("training", []))
-        training = training.get("previous_training")
-    return names
 
 
 def _model_section(name: str, results: dict[str, tuple[Detection, Landmarks]]) -> list[str]:
