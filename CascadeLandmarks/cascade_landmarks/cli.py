@@ -4,7 +4,8 @@
 - ``train DATA -o MODEL --landmarks SET``: train both stages on a folder of cases (or a CSV manifest); also
   fine-tuning (``--init-from``), resuming after a kill (``--resume``) and, under ``torchrun``, several processes;
 - ``export-checkpoint MODEL.pt.checkpoint -o MODEL``: the model a training run had reached at its last checkpoint;
-- ``detect MODEL VOLUME... -o OUT``: one ``.mrk.json`` per volume and a CSV for the batch;
+- ``detect MODEL VOLUME... -o OUT``: one ``.mrk.json`` per volume (files, DICOM folders, folders of those, CSV
+  manifests) and a CSV for the batch, resumable;
 - ``evaluate MODEL DATA -o OUT``: error tables (Markdown, CSV), the error plot and quality-control images;
 - ``calibrate MODEL DATA -o OUT``: an extent model's presence thresholds set from annotated cases;
 - ``benchmark [--quick]``: the paper's tables on synthetic phantoms (writes phantoms, trains, evaluates);

@@ -184,7 +184,7 @@ def _skip_finished(
         same_run = record is not None and all(record.get(k) == v for k, v in identity.items())
         ours = same_run or interrupted
         if same_run and not interrupted and points.is_file() and record.get("input") == _input_identity(case.volume):
-            result.detections[case.name] = Detection.from_dict(record["detection"])
+            result.detections[case.name] = record["detection"]
             result.skipped.append(case.name)
             continue
         to_do.append(case)
@@ -213,17 +213,17 @@ def _gathered(cases: list[BatchCase], output: Path, skipped: list[str], processe
     for case in cases:
         record = _record(case, output)
         if case.name not in result.failures and record is not None:
-            result.detections[case.name] = Detection.from_dict(record["detection"])
+            result.detections[case.name] = record["detection"]
     _write_failures(result.failures, cases, output, None)
     return result
 
 
 def _record(case: BatchCase, output: Path) -> dict | None:
-    """The record an earlier run left for the case, or None (none, or unreadable: then the case is done again)."""
+    """The record an earlier run left for the case, its detection read into a :class:`Detection`; or None (none,
+    or unreadable: then the case is done again)."""
     try:
         record = json.loads((output / RECORDS / f"{case.name}.json").read_text())
-        Detection.from_dict(record["detection"])
-        return record
+        return {**record, "detection": Detection.from_dict(record["detection"])}
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
