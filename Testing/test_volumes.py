@@ -190,7 +190,11 @@ def test_a_file_cut_short_is_refused_not_read_with_zeros(tmp_path, written):
             read_volume(header)
 
 
-@pytest.mark.parametrize(("which", "cut"), [("first", "at its pixel data"), ("middle", "inside its pixel data")])
+# GDCM takes seconds over each look at a slice cut inside its pixel data: that case runs with the slow tests.
+@pytest.mark.parametrize(
+    ("which", "cut"),
+    [("first", "at its pixel data"), pytest.param("middle", "inside its pixel data", marks=pytest.mark.slow)],
+)
 def test_a_dicom_slice_without_its_pixel_data_is_refused(tmp_path, shared_data, which, cut):
     import shutil
 
