@@ -13,9 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cascade_landmarks import read_landmarks
+from cascade_landmarks.inference.batch import batch_cases, detect_batch
+from cascade_landmarks.inference.detector import detect
 from cascade_landmarks.model.model_file import load_model
 
 BIN = Path(sys.executable).parent
@@ -70,6 +73,19 @@ def test_a_folder_and_a_manifest_are_detected_case_by_case_and_a_bad_case_does_n
     assert read_landmarks(output / "extra.mrk.json").positions_lps.tolist() == (
         read_landmarks(output / "case100.mrk.json").positions_lps.tolist()
     )
+
+
+@pytest.mark.parametrize("read_ahead", [True, False])
+def test_each_case_gets_the_points_of_its_own_volume_with_or_without_read_ahead(
+    tmp_path, trained_model_path, synthetic_data, read_ahead
+):
+    model = load_model(trained_model_path)
+    cases = batch_cases([synthetic_data / "test"])
+    result = detect_batch(cases, model, tmp_path / "out", settings={}, device="cpu", read_ahead=read_ahead)
+    assert list(result.detections) == [case.name for case in cases]
+    for case in cases:
+        alone = detect(case.volume, model, device="cpu")
+        np.testing.assert_array_equal(result.detections[case.name].positions_lps, alone.positions_lps)
 
 
 @pytest.mark.slow

@@ -204,6 +204,24 @@ def test_a_tolerance_stops_the_passes_once_none_moves_a_point_that_far(trained_m
         detect(volume, model, stage2_radius_mm=20.0)
 
 
+def test_stage1_in_bfloat16_places_the_points_as_well_as_in_float32(trained_model_path, synthetic_data):
+    model = load_model(trained_model_path)
+    assert model.config.stage1_precision == "auto"  # bfloat16 where the device computes it natively
+    errors = {"float32": [], "bfloat16": []}
+    for case in sorted((synthetic_data / "test").glob("*.nrrd")):
+        volume, truth = read_volume(case), read_landmarks(case.with_suffix(".mrk.json"))
+        found = {p: detect(volume, model, stage1_precision=p) for p in errors}
+        for precision, detection in found.items():
+            errors[precision].append(np.linalg.norm(detection.positions_lps - truth.positions_lps, axis=1))
+        np.testing.assert_array_equal(found["float32"].in_view, found["bfloat16"].in_view)
+        np.testing.assert_allclose(found["float32"].heatmap_peak, found["bfloat16"].heatmap_peak, atol=0.03)
+    mean = {precision: np.mean(values) for precision, values in errors.items()}
+    assert mean["float32"] < 1.5
+    assert abs(mean["bfloat16"] - mean["float32"]) < 0.05, mean
+    with pytest.raises(ValueError, match="stage1_precision must be one of"):
+        detect(volume, model, stage1_precision="float16")
+
+
 def test_a_model_file_carries_its_pass_count_and_older_files_read_as_one_pass(
     tmp_path, trained_model_path, synthetic_data
 ):

@@ -9,7 +9,7 @@
 - ``evaluate MODEL DATA -o OUT``: error tables (Markdown, CSV), the error plot and quality-control images;
 - ``calibrate MODEL DATA -o OUT``: an extent model's presence thresholds set from annotated cases;
 - ``benchmark [--quick]``: the paper's tables on synthetic phantoms (writes phantoms, trains, evaluates);
-- ``benchmark-speed``: time and peak memory of detection on a 512^3 volume;
+- ``benchmark-speed``: time and peak memory of detection on a 512^3 volume (``--batch N``: volumes per hour);
 - ``benchmark-afids MODEL``: an afids-32 model scored on Colin27 beside the human raters;
 - ``benchmark-real MODEL...``: aortic-9 models on the real CT scans of the shared data;
 - ``benchmark-crops MODEL DATA``: the in-view decision on held-out cases cut at random into boxes;
@@ -41,7 +41,7 @@ from .io.atomic_files import DISK_FULL, write_text_atomically
 from .io.landmark_sets import available_landmark_sets, load_landmark_set
 from .io.landmarks import LANDMARK_SUFFIXES, Landmarks, read_landmarks, write_landmarks, write_landmarks_csv
 from .io.volumes import Volume, read_volume, values_at, write_volume
-from .model.config import DETECTION_SETTINGS, STAGE1_MODES, IntensityWindow
+from .model.config import DETECTION_SETTINGS, STAGE1_MODES, STAGE1_PRECISIONS, IntensityWindow
 from .model.registry import available_models, names_a_file, register_model
 from .progress import JsonReporter, TerminalReporter
 from .training.config import FINE_TUNING_LEARNING_RATE, LEARNING_RATE_SCHEDULES, PRESETS, TrainingConfig, with_settings
@@ -110,7 +110,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train_parser, _add_export_parser, _add_detect_parser, _add_evaluate_parser, _add_bench_parsers,
-                _add_file_parsers, _add_phantom_parser, _add_demo_parser):  # fmt: skip
+                _add_speed_parser, _add_file_parsers, _add_phantom_parser, _add_demo_parser):  # fmt: skip
         add(commands)
     return parser
 
@@ -122,6 +122,22 @@ def _add_export_parser(commands) -> None:
     export.add_argument("checkpoint", help="MODEL.pt.checkpoint, beside a training run's output")
     export.add_argument("-o", "--output", required=True, help="model file to write (.pt); must not exist")
     export.set_defaults(run=_run_export_checkpoint)
+
+
+def _add_speed_parser(commands) -> None:
+    speed = commands.add_parser("benchmark-speed", help="time and peak memory of detection on a large CT volume")
+    speed.add_argument("--size", type=int, default=512, help="volume edge in voxels (default: %(default)s)")
+    speed.add_argument("--model", help="model file (default: an untrained model of the default size; timing only)")
+    speed.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: %(default)s)")
+    speed.add_argument("--repeats", type=int, default=3, help="detections to time (default: %(default)s)")
+    speed.add_argument(
+        "--batch",
+        type=int,
+        metavar="N",
+        help="instead: volumes per hour and memory over N volumes of 512 x 512 x 300 (gzipped NIfTI), with and "
+        "without read-ahead",
+    )
+    speed.set_defaults(run=_run_benchmark_speed)
 
 
 def _add_bench_parsers(commands) -> None:
@@ -143,13 +159,6 @@ def _add_bench_parsers(commands) -> None:
         "--bundle", action="store_true", help="ship the cascade models in Resources/Models with cards (developers)"
     )
     bench.set_defaults(run=_run_benchmark)
-
-    speed = commands.add_parser("benchmark-speed", help="time and peak memory of detection on a large CT volume")
-    speed.add_argument("--size", type=int, default=512, help="volume edge in voxels (default: %(default)s)")
-    speed.add_argument("--model", help="model file (default: an untrained model of the default size; timing only)")
-    speed.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: %(default)s)")
-    speed.add_argument("--repeats", type=int, default=3, help="detections to time (default: %(default)s)")
-    speed.set_defaults(run=_run_benchmark_speed)
 
     afids = commands.add_parser(
         "benchmark-afids", help="score an afids-32 model on Colin27 beside the human raters (shared/data)"
@@ -469,6 +478,13 @@ def _add_detect_parser(commands) -> None:
     parser.add_argument(
         "--coordinate-system", choices=["LPS", "RAS"], default="LPS", help="frame of the outputs (default: %(default)s)"
     )
+    parser.add_argument(
+        "--read-ahead",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read the next volume while detecting in the current one; two volumes are then in memory (default: "
+        "%(default)s)",
+    )
     _add_detection_options(parser, "default: the model's")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_detect)
@@ -503,6 +519,12 @@ def _add_detection_options(parser, defaults: str) -> None:
         help="the same for stage 2: each displacement averaged with the twin network's on the mirrored patch "
         f"({defaults})",
     )
+    parser.add_argument(
+        "--stage1-precision",
+        choices=STAGE1_PRECISIONS,
+        help="number format of stage 1's U-Net: bfloat16 takes about half the time where the device computes it "
+        f"natively, which auto chooses ({defaults}; a model's default is auto)",
+    )
 
 
 def _given_detection_settings(args: argparse.Namespace) -> dict:
@@ -536,8 +558,8 @@ def _run_detect(args: argparse.Namespace) -> int:
         reporter.send({"type": "result", "case": name, "detection": detection.to_dict()})
 
     result = detect_batch(cases, model, output, settings=_given_detection_settings(args), device=args.device,
-                          coordinate_system=args.coordinate_system, overwrite=args.overwrite, progress=report,
-                          on_case=case_ended)  # fmt: skip
+                          coordinate_system=args.coordinate_system, overwrite=args.overwrite,
+                          read_ahead=args.read_ahead, progress=report, on_case=case_ended)  # fmt: skip
     task.close()
     if not result.is_main:  # another process of a torchrun batch: the first one reports for all
         return 0
@@ -658,7 +680,11 @@ def _run_benchmark(args: argparse.Namespace) -> int:
 
 
 def _run_benchmark_speed(args: argparse.Namespace) -> int:
-    from .bench.speed import detection_speed
+    from .bench.speed import batch_speed, detection_speed
+
+    if args.batch is not None:
+        print(batch_speed(volumes=args.batch, model_path=args.model, device=args.device))
+        return 0
 
     print(detection_speed(size=args.size, model_path=args.model, device=args.device, repeats=args.repeats))
     return 0

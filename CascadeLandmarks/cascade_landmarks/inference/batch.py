@@ -107,6 +107,7 @@ def detect_batch(
     device: str = "auto",
     coordinate_system: str = "LPS",
     overwrite: bool = False,
+    read_ahead: bool = True,
     progress: Callable[[str, float, str], None] | None = None,
     on_case: Callable[[str, Detection | None, str | None], None] | None = None,
 ) -> BatchResult:
@@ -118,6 +119,7 @@ def detect_batch(
         overwrite: replace results of another model or other settings, or a ``.mrk.json`` with no record (a
             folder of cases keeps its reference landmarks so). Without it they are refused, before any case
             starts. A case whose volume changed since its record is done again without it.
+        read_ahead: read the next volume while detecting in the current one (then two volumes are in memory).
         progress: called with (case, fraction of that case done, step).
         on_case: called as each case ends, with its detection, or None and the reason it failed.
 
@@ -132,12 +134,13 @@ def detect_batch(
     process.barrier()  # every process has looked at the folder before any writes to it
     (output / RECORDS).mkdir(parents=True, exist_ok=True)
     report = progress or (lambda _case, _fraction, _step: None)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as reader:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader:
         mine = to_do[process.rank :: process.world_size]
-        upcoming = reader.submit(read_volume, mine[0].volume) if mine else None
+        upcoming: Future | None = None
         for index, case in enumerate(mine):
-            current: Future = upcoming
-            upcoming = reader.submit(read_volume, mine[index + 1].volume) if index + 1 < len(mine) else None
+            current = upcoming or reader.submit(read_volume, case.volume)
+            following = index + 1 < len(mine)
+            upcoming = reader.submit(read_volume, mine[index + 1].volume) if read_ahead and following else None
             try:
                 detection = detect(current.result(), model, device=str(process.device),
                                    progress=lambda f, s, n=case.name: report(n, f, s), **settings)  # fmt: skip

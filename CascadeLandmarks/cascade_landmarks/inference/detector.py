@@ -33,7 +33,7 @@ import torch
 from ..io.coordinates import Geometry
 from ..io.volumes import Volume, read_volume
 from ..model.config import CascadeConfig
-from ..model.devices import select_device
+from ..model.devices import computes_bfloat16_natively, select_device
 from ..model.heatmap_unet import HeatmapUNet
 from ..model.heatmaps import decode_peaks
 from ..model.model_file import CascadeModel, load_model
@@ -172,12 +172,15 @@ def locate_stage1(
 def predict_heatmaps(
     network: HeatmapUNet, stage1_input: np.ndarray, config: CascadeConfig, device: torch.device
 ) -> np.ndarray:
-    """Normalised heatmaps (N + 1, n_k, n_j, n_i) for a stage-1 input (n_k, n_j, n_i), whole or by patches."""
-    with torch.inference_mode():
+    """Normalised heatmaps (N + 1, n_k, n_j, n_i) for a stage-1 input (n_k, n_j, n_i), whole or by patches, in
+    the model's ``stage1_precision``."""
+    precision = config.stage1_precision
+    bfloat16 = precision == "bfloat16" or (precision == "auto" and computes_bfloat16_natively(device))
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
         tensor = torch.from_numpy(stage1_input)[None, None].to(device, memory_format=torch.channels_last_3d)
         if config.stage1_mode != "patch":
             return network(tensor)[0][0].float().cpu().numpy()
-        return _sliding_window(network, tensor, config.stage1_patch_size)[0].cpu().numpy()
+        return _sliding_window(network, tensor, config.stage1_patch_size)[0].float().cpu().numpy()
 
 
 def _sliding_window(network: HeatmapUNet, volume: torch.Tensor, patch: int) -> torch.Tensor:

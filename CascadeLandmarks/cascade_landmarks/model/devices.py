@@ -21,3 +21,14 @@ def select_device(name: str = "auto") -> torch.device:
     if name != "auto":
         warnings.warn(f"Device {name} was asked for but no CUDA GPU is available; running on the CPU.", stacklevel=2)
     return torch.device("cpu")
+
+
+def computes_bfloat16_natively(device: torch.device) -> bool:
+    """Whether ``device`` has bfloat16 arithmetic in hardware: a CUDA GPU that supports it, or a CPU with
+    AVX-512 BF16 or AMX (elsewhere bfloat16 is emulated, and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own checks (torch 2.3+)
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
