@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ $(VENV)/.installed-test: $(VENV)/.installed-engine
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
+# The web app's tests drive Debian's headless Chromium; installed here when missing (needs root and apt-get;
+# without them those tests are skipped and say why).
+browser:
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+		>/dev/null; } || echo "chromium-driver is missing and cannot be installed here: the browser tests skip"
+
 demo: $(VENV)/.installed-engine
 	$(BIN)/cascade-landmarks demo --output demo-output
 
@@ -32,8 +39,8 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-output test-artifacts .pytest_cache .ruff_cache

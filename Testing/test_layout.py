@@ -22,6 +22,7 @@ MAY_IMPORT = {
     "evaluation": {"io", "model", "inference"},
     "bench": {"io", "model", "inference", "training", "evaluation", "slicer"},  # the correction loop drives slicer/
     "slicer": {"io", "model", "inference", "training"},
+    "web": {"io", "model", "slicer"},  # the module's workflow, in a browser
 }
 # Modules that a process without torch must be able to import (the Slicer application's, listing models and
 # following a background run; the command line, whose file commands start at once), and which therefore import

@@ -20,6 +20,7 @@
 - ``convert LANDMARKS OUT``: between ``.fcsv``, ``.mrk.json`` (LPS or RAS) and long-format CSV;
 - ``phantom {cardiac,aortic} -n N -o DIR``: synthetic CTA phantoms with exactly known landmarks;
 - ``sets [NAME]``: the shipped landmark sets, or one set's landmarks;
+- ``serve DATA``: the web app (open, detect, correct, save and fine-tune in a browser);
 - ``demo``: the built-in example (see README).
 """
 
@@ -110,7 +111,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train_parser, _add_export_parser, _add_detect_parser, _add_evaluate_parser, _add_bench_parsers,
-                _add_speed_parser, _add_file_parsers, _add_phantom_parser, _add_demo_parser):  # fmt: skip
+                _add_speed_parser, _add_file_parsers, _add_phantom_parser, _add_serve_parser,
+                _add_demo_parser):  # fmt: skip
         add(commands)
     return parser
 
@@ -257,6 +259,24 @@ def _add_phantom_parser(commands) -> None:
         "streaks, thick slices, contrast timing (default: the plain phantoms of the paper's tables)",
     )
     make_phantoms.set_defaults(run=_run_phantom)
+
+
+def _add_serve_parser(commands) -> None:
+    serve = commands.add_parser("serve", help="the web app: open, detect, correct and save cases in a browser")
+    serve.add_argument("data", help="folder of cases (volume files, DICOM folders) the page may open")
+    serve.add_argument(
+        "--training-folder", help="where the page saves corrected cases and fine-tunes (default: DATA/corrected)"
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (default: %(default)s, this machine only)"
+    )
+    serve.add_argument("--port", type=int, default=8080, help="port; 0: any free one (default: %(default)s)")
+    serve.add_argument(
+        "--max-upload-mb", type=float, default=1024, help="largest volume a page may upload (default: %(default)s)"
+    )
+    serve.add_argument("--model", help="registered model chosen when the page opens (default: the first)")
+    serve.add_argument("--device", default="auto", help="auto, cpu or cuda, for detection (default: %(default)s)")
+    serve.set_defaults(run=_run_serve)
 
 
 def _add_demo_parser(commands) -> None:
@@ -792,6 +812,19 @@ def _run_sets(args: argparse.Namespace) -> int:
     for number, landmark in enumerate(landmark_set.landmarks, start=1):
         twin = f"  (twin: {landmark.twin})" if landmark.twin else ""
         print(f"{number:3d}. {landmark.label:36s} {landmark.description}{twin}")
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        from .web.app import WebApp
+    except ImportError as error:
+        raise ValueError(f'The web app needs trame-slicer ({error}): pip install "cascade-landmarks[web]".') from error
+    from .web.data_folder import DataFolder
+
+    data = DataFolder(args.data, max_upload_bytes=int(args.max_upload_mb * 1e6))
+    training = Path(args.training_folder) if args.training_folder else data.root / "corrected"
+    WebApp(data, training, model=args.model, device=args.device).serve(host=args.host, port=args.port)
     return 0
 
 

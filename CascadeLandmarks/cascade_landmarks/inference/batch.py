@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..io.atomic_files import DISK_FULL, write_text_atomically
 from ..io.landmarks import write_landmarks
-from ..io.volumes import case_name, is_volume_path, read_volume
+from ..io.volumes import case_name, is_dicom_folder, read_volume, volumes_in_folder
 from ..model.distributed import Process, join_process_group
 from ..model.model_file import CascadeModel
 from .detection import Detection, write_detections_csv
@@ -59,8 +59,8 @@ def batch_cases(inputs: Iterable[str | os.PathLike]) -> list[BatchCase]:
     for given in map(Path, inputs):
         if given.suffix.lower() == ".csv" and given.is_file():
             cases.extend(_manifest_cases(given))
-        elif given.is_dir() and not _is_dicom_folder(given):
-            found = [p for p in sorted(given.iterdir()) if not p.name.startswith(".") and _is_volume(p)]
+        elif given.is_dir() and not is_dicom_folder(given):
+            found = volumes_in_folder(given)
             if not found:
                 raise ValueError(f"Folder {given} holds no volume files (.nrrd, .nii.gz, .nii, .mha) or DICOM folders.")
             cases.extend(BatchCase(case_name(p), p) for p in found)
@@ -71,16 +71,6 @@ def batch_cases(inputs: Iterable[str | os.PathLike]) -> list[BatchCase]:
     if repeated:
         raise ValueError(f"Several volumes are named {', '.join(repeated)}; their results would overwrite each other.")
     return cases
-
-
-def _is_volume(path: Path) -> bool:
-    return (path.is_file() and is_volume_path(path)) or (path.is_dir() and _is_dicom_folder(path))
-
-
-def _is_dicom_folder(folder: Path) -> bool:
-    """Whether a folder is one DICOM series: it holds files (its slices), and no volume files or subfolders."""
-    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    return bool(entries) and all(p.is_file() and not is_volume_path(p) for p in entries)
 
 
 def _manifest_cases(manifest: Path) -> list[BatchCase]:

@@ -95,6 +95,21 @@ def case_name(path: str | os.PathLike) -> str:
     return name
 
 
+def volumes_in_folder(folder: str | os.PathLike) -> list[Path]:
+    """The volumes a folder holds, by name: volume files and DICOM folders (hidden entries left out)."""
+    return [p for p in sorted(Path(folder).iterdir()) if not p.name.startswith(".") and _is_volume(p)]
+
+
+def _is_volume(path: Path) -> bool:
+    return (path.is_file() and is_volume_path(path)) or (path.is_dir() and is_dicom_folder(path))
+
+
+def is_dicom_folder(folder: Path) -> bool:
+    """Whether a folder is one DICOM series: it holds files (its slices), and no volume files or subfolders."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return bool(entries) and all(p.is_file() and not is_volume_path(p) for p in entries)
+
+
 def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
     """Read a volume file (NRRD, NIfTI, MHA, ...) or a folder holding one DICOM series.
 

@@ -117,3 +117,11 @@ def landmarks_to_node(landmarks: Landmarks, scene, *, name: str = "Landmarks", n
     finally:
         node.EndModify(was_modifying)
     return node
+
+
+def centre_slice_views(scene, position_ras) -> None:
+    """Move every slice view of ``scene`` through the RAS point ``position_ras`` and centre it there."""
+    import slicer
+
+    r, a, s = (float(v) for v in position_ras)
+    slicer.vtkMRMLSliceNode.JumpAllSlices(scene, r, a, s, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
