@@ -189,6 +189,11 @@ def test_a_user_detects_drags_a_point_and_saves_the_corrected_case(page, server)
     assert after[0] - before[0] == pytest.approx(-expected, rel=0.1, abs=mm_per_pixel + 0.1)
     np.testing.assert_allclose(after[1:], before[1:], atol=0.1)
 
+    # Opening another case would lose the correction: refused once, with a message.
+    _open(page, "case101.nrrd")
+    _wait(page, lambda d: "corrections not saved" in _text(d, "message"), what="the guard on unsaved corrections")
+    assert _rows(page)[label]["moved"] == moved
+
     name = page.find_element(By.ID, "case-name")
     name.send_keys(Keys.CONTROL, "a", Keys.DELETE)
     name.send_keys("corrected-case100", Keys.TAB)
@@ -264,3 +269,19 @@ def test_a_second_tab_is_told_the_server_is_busy(page, server):
         assert not other.find_elements(By.ID, "detect")
     finally:
         other.quit()
+
+
+@pytest.mark.slow
+def test_fine_tuning_runs_in_the_background_and_its_model_joins_the_list(page, server, synthetic_data):
+    training = server[2]
+    training.mkdir(exist_ok=True)
+    for suffix in (".nrrd", ".mrk.json"):
+        shutil.copy(synthetic_data / "test" / f"case102{suffix}", training / f"corrected-case102{suffix}")
+    page.find_element(By.ID, "fine-tune").click()
+    _wait(page, lambda d: "Fine-tuning" in _text(d, "status"), what="fine-tuning to start")
+    assert not page.find_element(By.ID, "detect").is_enabled()  # one job at a time
+    _wait(page, lambda d: "Fine-tuned" in _text(d, "message"), seconds=600, what="fine-tuning to end")
+    _shot(page, "10-fine-tuned")
+    new = re.search(r"Fine-tuned: (\S+) is registered", _text(page, "message")).group(1)
+    assert new.startswith("spheres-web")
+    assert new in page.find_element(By.CSS_SELECTOR, ".v-select:has(#model)").text  # and chosen

@@ -38,8 +38,13 @@ from ..io.landmarks import landmarks_csv_text, markups_json_text
 from ..io.volumes import case_name, read_volume
 from ..model.registry import available_models
 from ..slicer.bridge import centre_slice_views, landmarks_from_node, volume_to_node
-from ..slicer.runs import DetectionRun, FineTuneRun
-from ..slicer.workflow import CaseExistsError, detection_rows, point_index, save_corrected_case, work_at_risk
+from ..slicer.runs import (
+    FINE_TUNING_STAGE1_ITERATIONS,
+    FINE_TUNING_STAGE2_ITERATIONS,
+    DetectionRun,
+    FineTuneRun,
+)
+from ..slicer.workflow import CaseExistsError, detection_rows, point_index, save_corrected_case
 from .data_folder import DataFolder
 from .page import build_page, slice_view_gutter
 
@@ -110,6 +115,8 @@ class WebApp:
         self.state.model = model or (self.state.models[0] if self.state.models else None)
         self.state.client_only("role")  # each tab's own: the owner's page, or the busy notice
         self.state.change("window")(self._on_window)
+        red = self.slicer.view_manager.get_view("Red").get_view_node()
+        red.AddObserver("ModifiedEvent", self._on_red_view_changed)  # zoomed, resized: the scale changes
         build_page(self)
 
     # --- opening a case ---------------------------------------------------------------------------------------
@@ -117,12 +124,7 @@ class WebApp:
     async def open_case(self, relative: str) -> None:
         """Open the case ``relative`` (a path inside the data folder) in place of the current one."""
         path = self.data.resolve(relative)
-        if self.unsaved and self.discard_asked_for != relative:
-            self.discard_asked_for = relative
-            raise ValueError(
-                f"The points of {self.state.opened} hold corrections not saved: save the case first, or open "
-                f"{relative} again to discard them."
-            )
+        self._check_unsaved(f"open {relative}")
         with self.state:
             self.state.status = f"Reading {relative}..."
         volume = await asyncio.to_thread(read_volume, path)
@@ -145,7 +147,6 @@ class WebApp:
                     "status": f"{relative}: {size} voxels. Pick a model, then Detect.",
                 }
             )
-            self._show_scale()
 
     async def upload(self, files: list[dict]) -> None:
         """Save uploaded volume files into the data folder's uploads and open the first."""
@@ -159,6 +160,10 @@ class WebApp:
         if self.volume_node is not None and window in WINDOWS:
             VolumeWindowLevel.set_volume_node_window_level(self.volume_node, *WINDOWS[window])
 
+    def _on_red_view_changed(self, _caller, _event) -> None:
+        with self.state:
+            self._show_scale()
+
     def _show_scale(self) -> None:
         """How many mm one screen pixel of the red view spans, for the footer."""
         red = self.slicer.view_manager.get_view("Red").get_view_node()
@@ -168,20 +173,34 @@ class WebApp:
     # --- detection and the table ------------------------------------------------------------------------------
 
     def detect(self) -> None:
-        """Detect with the chosen model in the background; the points and the table appear when it ends."""
+        """Detect with the chosen model in the background; the points and the table appear when it ends, in
+        place of the case's earlier points (which are kept if it fails or is cancelled)."""
         if self.volume_node is None or not self.state.model:
             raise ValueError("Open a case and pick a model first.")
-        at_risk = work_at_risk(self.points, self.volume_node)  # corrections go into no replaced list
-        output = self.points if at_risk is None else None
-        run = DetectionRun(self.scene, self.volume_node, self.state.model, output_node=output, device=self.device)
-        self._start(run, "detect", f"Detecting with {self.state.model}" + (f" ({at_risk})" if at_risk else ""))
+        self._check_unsaved("click Detect")
+        run = DetectionRun(self.scene, self.volume_node, self.state.model, device=self.device)
+        self._start(run, "detect", f"Detecting with {self.state.model}")
 
     def _detected(self, node) -> None:
-        if node is not self.points:
-            node.AddObserver(node.PointModifiedEvent, self._on_point_moved)
-            node.AddObserver(node.PointEndInteractionEvent, self._on_point_moved)
-        self.points, self.unsaved = node, False
+        if self.points is not None:
+            self.scene.RemoveNode(self.points)
+        node.AddObserver(node.PointModifiedEvent, self._on_point_moved)
+        node.AddObserver(node.PointEndInteractionEvent, self._on_point_moved)
+        self.points, self.unsaved, self.discard_asked_for = node, False, None
         self._update_rows()
+
+    def _check_unsaved(self, doing: str) -> None:
+        """Refuse, once, to ``doing`` what would discard corrections not saved: asked again, it goes ahead.
+
+        Raises:
+            ValueError: the points were moved since the case was last saved, and this was not asked before.
+        """
+        if self.unsaved and self.discard_asked_for != doing:
+            self.discard_asked_for = doing
+            raise ValueError(
+                f"The points of {self.state.opened} hold corrections not saved: save the case first, or {doing} "
+                "again to discard them."
+            )
 
     def _on_point_moved(self, _caller, _event) -> None:
         with self.state:
@@ -214,7 +233,6 @@ class WebApp:
         if index is None:
             raise ValueError(f"{label} has no point (not in view, or deleted).")
         centre_slice_views(self.scene, self.points.GetNthControlPointPositionWorld(index))
-        self._show_scale()
 
     # --- saving, fine-tuning, downloads -------------------------------------------------------------------------
 
@@ -240,7 +258,11 @@ class WebApp:
         if not self.state.model:
             raise ValueError("Pick the model to fine-tune.")
         run = FineTuneRun(
-            self.training_folder, self.state.model, stage1_iterations=500, stage2_iterations=1500, device=self.device
+            self.training_folder,
+            self.state.model,
+            stage1_iterations=FINE_TUNING_STAGE1_ITERATIONS,
+            stage2_iterations=FINE_TUNING_STAGE2_ITERATIONS,
+            device=self.device,
         )
         self._start(run, "fine-tune", f"Fine-tuning {self.state.model} on {self.training_folder}")
 
@@ -304,7 +326,7 @@ class WebApp:
     # --- tabs -------------------------------------------------------------------------------------------------
 
     def claim(self) -> bool:
-        """Whether the asking tab may work here: the first tab to ask while no other is connected."""
+        """Whether the asking tab may work here: yes for the first tab to ask since every tab was closed."""
         if self.owner_claimed:
             return False
         self.owner_claimed = True
