@@ -41,15 +41,7 @@ def build_page(app: WebApp) -> None:
         page.title.set_text("Cascade Landmarks")
         with page.toolbar:
             v3.VSpacer()
-            v3.VSelect(
-                label="Window",
-                v_model=("window",),
-                items=("windows",),
-                density="compact",
-                hide_details=True,
-                style="max-width: 160px",
-                id="window",
-            )
+            _select("Window", "window", "windows", style="max-width: 160px")
         with page.drawer as drawer:
             drawer.width = 440
             with html.Div(v_if="role === 'owner'", classes="pa-3"):
@@ -77,6 +69,13 @@ def build_page(app: WebApp) -> None:
             html.Span("red view: {{ mm_per_pixel }} mm per pixel", v_show=("mm_per_pixel",), id="mm-per-pixel")
 
 
+def _select(label: str, value: str, choices: str, **layout) -> None:
+    """A drop-down list bound to the state variables ``value`` and ``choices``; its id is ``value``."""
+    v3.VSelect(
+        label=label, v_model=(value,), items=(choices,), density="compact", hide_details=True, id=value, **layout
+    )
+
+
 def _case_panel(ctrl) -> None:
     html.Div("Case", classes="text-subtitle-1")
     v3.VCombobox(
@@ -100,15 +99,7 @@ def _case_panel(ctrl) -> None:
 
 def _detect_panel(ctrl) -> None:
     with html.Div(classes="d-flex align-center my-2"):
-        v3.VSelect(
-            label="Model",
-            v_model=("model",),
-            items=("models",),
-            density="compact",
-            hide_details=True,
-            id="model",
-            classes="mr-2",
-        )
+        _select("Model", "model", "models", classes="mr-2")
         v3.VBtn(
             "Detect", click=ctrl.detect, disabled=("!!job || !opened",), color="primary", id="detect", classes="mr-2"
         )
@@ -147,20 +138,10 @@ def _save_panel(ctrl) -> None:
             "Replace", click=(ctrl.save_case, "[true]"), v_show=("offer_overwrite",), color="warning", id="replace-case"
         )
         v3.VBtn("Fine-tune", click=ctrl.fine_tune, disabled=("!!job",), id="fine-tune")
-        v3.VBtn(
-            ".mrk.json",
-            click="utils.download('points.mrk.json', trigger('points_mrk'), 'application/json')",
-            disabled=("!rows.length",),
-            id="download-mrk",
-            prepend_icon="mdi-download",
-        )
-        v3.VBtn(
-            "CSV",
-            click="utils.download('points.csv', trigger('points_csv'), 'text/csv')",
-            disabled=("!rows.length",),
-            id="download-csv",
-            prepend_icon="mdi-download",
-        )
+        for kind, title, file, mime in (("mrk", ".mrk.json", "points.mrk.json", "application/json"),
+                                        ("csv", "CSV", "points.csv", "text/csv")):  # fmt: skip
+            v3.VBtn(title, click=f"utils.download('{file}', trigger('points_{kind}'), '{mime}')",
+                    disabled=("!rows.length",), id=f"download-{kind}", prepend_icon="mdi-download")  # fmt: skip
 
 
 def slice_view_gutter(server, view_id: str, view) -> None:
