@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from cascade_landmarks import read_landmarks
+from cascade_landmarks.model.model_file import load_model, save_model
 from cascade_landmarks.model.registry import register_model
 
 from conftest import REPOSITORY
@@ -52,7 +53,11 @@ def server(tmp_path_factory, synthetic_data, trained_model_path):
     outside = tmp_path_factory.mktemp("outside")
     shutil.copy(synthetic_data / "test" / "case103.nrrd", outside / "secret.nrrd")
     (data / "link.nrrd").symlink_to(outside / "secret.nrrd")
-    register_model(trained_model_path, name="spheres-web")
+    # The test model reports its third landmark not in view, whatever it sees, so that the user places it.
+    model = load_model(trained_model_path)
+    model.config = model.config.with_detection_settings(presence_threshold=(0.0, 0.0, 0.99))
+    save_model(model, data.parent / f"{data.name}-hidden.pt")
+    register_model(data.parent / f"{data.name}-hidden.pt", name="spheres-web")
     training = data.parent / f"{data.name}-corrected"
     command = [
         sys.executable,
@@ -165,7 +170,9 @@ def test_a_user_detects_drags_a_point_and_saves_the_corrected_case(page, server)
     _shot(page, "3-detected")
     (ARTIFACTS / "timings.json").write_text(json.dumps({"click_detect_to_table_s": round(detect_seconds, 2)}))
     assert sorted(rows) == ["sphere 1", "sphere 2", "sphere 3"]
-    assert all(row["moved"] == "0.00" for row in rows.values())
+    assert [rows[f"sphere {n}"]["moved"] for n in (1, 2)] == ["0.00", "0.00"]
+    assert rows["sphere 3"]["ras"] == ""
+    assert "not in view" in rows["sphere 3"]["element"].text
 
     label = "sphere 1"
     rows[label]["element"].click()  # centres the views on the point
@@ -189,6 +196,17 @@ def test_a_user_detects_drags_a_point_and_saves_the_corrected_case(page, server)
     assert after[0] - before[0] == pytest.approx(-expected, rel=0.1, abs=mm_per_pixel + 0.1)
     np.testing.assert_allclose(after[1:], before[1:], atol=0.1)
 
+    # The landmark reported not in view is placed by a click in the red view, 30 pixels left of the centre.
+    rows = _rows(page)
+    rows["sphere 3"]["element"].find_element(By.CSS_SELECTOR, "button.place").click()
+    _wait(page, lambda d: "Click in a slice view to place sphere 3" in _text(d, "status"), what="place mode")
+    ActionChains(page, duration=50).move_to_element(red).move_by_offset(-30, 0).pause(0.5).click().perform()
+    placed = _ras(_wait(page, lambda d: _rows(d)["sphere 3"]["ras"] and _rows(d)["sphere 3"], what="the placed point"))
+    _shot(page, "5-placed")
+    # Screen left is the patient's right (+R), in the red view's plane (the S of the point it was centred on).
+    assert placed[0] - before[0] == pytest.approx(30 * mm_per_pixel, rel=0.1, abs=mm_per_pixel)
+    assert placed[1:] == pytest.approx(before[1:], abs=mm_per_pixel + 0.1)
+
     # Opening another case would lose the correction: refused once, with a message.
     _open(page, "case101.nrrd")
     _wait(page, lambda d: "corrections not saved" in _text(d, "message"), what="the guard on unsaved corrections")
@@ -199,10 +217,11 @@ def test_a_user_detects_drags_a_point_and_saves_the_corrected_case(page, server)
     name.send_keys("corrected-case100", Keys.TAB)
     page.find_element(By.ID, "save-case").click()
     _wait(page, lambda d: "Saved" in _text(d, "message"), what="the case to be saved")
-    _shot(page, "5-saved")
+    _shot(page, "6-saved")
     saved = read_landmarks(training / "corrected-case100.mrk.json")
     assert (training / "corrected-case100.nrrd").is_file()
     np.testing.assert_allclose(saved.positions_ras[saved.labels.index(label)], after, atol=0.06)
+    np.testing.assert_allclose(saved.positions_ras[saved.labels.index("sphere 3")], placed, atol=0.06)
     # Saving again under that name is refused until Replace is clicked.
     page.find_element(By.ID, "save-case").click()
     _wait(page, lambda d: "already in" in _text(d, "message"), what="the refusal to overwrite")
@@ -230,10 +249,10 @@ def test_paths_outside_the_data_folder_and_unreadable_files_get_a_message(page, 
     for path in ("../outside.nrrd", "/etc/passwd", "link.nrrd"):
         _open(page, path)
         _wait(page, lambda d: "outside the data folder" in _text(d, "message"), what=f"the refusal of {path}")
-    _shot(page, "6-outside-refused")
+    _shot(page, "7-outside-refused")
     _open(page, "broken.nrrd")
     _wait(page, lambda d: "Cannot read volume" in _text(d, "message"), what="the unreadable file's message")
-    _shot(page, "7-unreadable")
+    _shot(page, "8-unreadable")
     # The page is alive: another case opens, and a detection can be cancelled.
     _open(page, "case101.nrrd")
     _wait(page, lambda d: "case101.nrrd" in _text(d, "status") and "voxels" in _text(d, "status"), what="case101")
@@ -252,7 +271,7 @@ def test_an_upload_opens_and_a_too_large_one_is_refused(page, server, tmp_path, 
     shutil.copy(original, tmp_path / "from-pacs.nrrd")
     page.find_element(By.CSS_SELECTOR, "#upload").send_keys(str(tmp_path / "from-pacs.nrrd"))
     _wait(page, lambda d: "uploads/from-pacs.nrrd" in _text(d, "status"), what="the upload to open")
-    _shot(page, "8-uploaded")
+    _shot(page, "9-uploaded")
     assert (data / "uploads" / "from-pacs.nrrd").read_bytes() == original.read_bytes()
     (tmp_path / "big.nrrd").write_bytes(os.urandom(600_000))  # the server takes at most 0.5 MB
     page.find_element(By.CSS_SELECTOR, "#upload").send_keys(str(tmp_path / "big.nrrd"))
@@ -265,7 +284,7 @@ def test_a_second_tab_is_told_the_server_is_busy(page, server):
     try:
         other.get(server[0])
         _wait(other, lambda d: "busy" in _text(d, "busy"), what="the busy notice")
-        _shot(other, "9-second-tab-busy")
+        _shot(other, "10-second-tab-busy")
         assert not other.find_elements(By.ID, "detect")
     finally:
         other.quit()
@@ -281,7 +300,7 @@ def test_fine_tuning_runs_in_the_background_and_its_model_joins_the_list(page, s
     _wait(page, lambda d: "Fine-tuning" in _text(d, "status"), what="fine-tuning to start")
     assert not page.find_element(By.ID, "detect").is_enabled()  # one job at a time
     _wait(page, lambda d: "Fine-tuned" in _text(d, "message"), seconds=600, what="fine-tuning to end")
-    _shot(page, "10-fine-tuned")
+    _shot(page, "11-fine-tuned")
     new = re.search(r"Fine-tuned: (\S+) is registered", _text(page, "message")).group(1)
     assert new.startswith("spheres-web")
     assert new in page.find_element(By.CSS_SELECTOR, ".v-select:has(#model)").text  # and chosen

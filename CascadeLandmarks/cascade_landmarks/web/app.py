@@ -186,6 +186,7 @@ class WebApp:
             self.scene.RemoveNode(self.points)
         node.AddObserver(node.PointModifiedEvent, self._on_point_moved)
         node.AddObserver(node.PointEndInteractionEvent, self._on_point_moved)
+        node.AddObserver(node.PointPositionDefinedEvent, self._on_point_placed)
         self.points, self.unsaved, self.discard_asked_for = node, False, None
         self._update_rows()
 
@@ -207,6 +208,11 @@ class WebApp:
             self.unsaved = True
             self._update_rows()
 
+    def _on_point_placed(self, _caller, _event) -> None:
+        with self.state:
+            self.unsaved, self.state.status = True, "Placed: drag the point to adjust it, then save the case."
+            self._update_rows()
+
     def _update_rows(self) -> None:
         positions = landmarks_from_node(self.points)
         rows = []
@@ -221,7 +227,7 @@ class WebApp:
                     "moved": "" if math.isnan(row.moved_mm) else f"{row.moved_mm:.2f}",
                     "flagged": row.flagged,
                     "in_view": row.in_view,
-                    "check": "not in view" if not row.in_view else "check" if row.flagged else "",
+                    "check": _check(row, placed=not math.isnan(ras[0])),
                     "ras": "" if math.isnan(ras[0]) else ", ".join(f"{v:.1f}" for v in ras),
                 }
             )
@@ -233,6 +239,20 @@ class WebApp:
         if index is None:
             raise ValueError(f"{label} has no point (not in view, or deleted).")
         centre_slice_views(self.scene, self.points.GetNthControlPointPositionWorld(index))
+
+    def place(self, label: str) -> None:
+        """Let the next click in a slice view place the point of ``label`` (one without a point: reported not in
+        view, or deleted), under its own label."""
+        labels = [self.points.GetNthControlPointLabel(i) for i in range(self.points.GetNumberOfControlPoints())]
+        if label not in labels:
+            raise ValueError(f"{label} is not a landmark of this detection.")
+        index = labels.index(label)
+        if self.points.GetNthControlPointPositionStatus(index) == self.points.PositionDefined:
+            raise ValueError(f"{label} has a point already: drag it where it belongs.")
+        self.points.UnsetNthControlPointPosition(index)  # a "missing" point is skipped by placement; an unset one not
+        self.points.SetControlPointPlacementStartIndex(index)
+        self.slicer.markups_logic.place_node(self.points, persistent=False)
+        self.state.status = f"Click in a slice view to place {label}."
 
     # --- saving, fine-tuning, downloads -------------------------------------------------------------------------
 
@@ -377,6 +397,13 @@ class WebApp:
             self.server.start(host=host, port=port, open_browser=False, timeout=0, show_connection_info=False)
         finally:
             sys.argv = argv
+
+
+def _check(row, *, placed: bool) -> str:
+    """The table's last column: what the user should know of a landmark."""
+    if not row.in_view:
+        return "placed by hand" if placed else "not in view"
+    return "check" if row.flagged else ""
 
 
 class _Connections(LinkProtocol):

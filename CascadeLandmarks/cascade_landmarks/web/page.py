@@ -2,7 +2,8 @@
 downloads) beside Slicer's slice and 3-D views, and a footer with the job's progress.
 
 Elements a test or a user's script looks for carry ids: ``case-path``, ``open-case``, ``upload``, ``detect``,
-``cancel``, ``landmarks`` (the table; one ``tr.landmark`` per landmark, ``data-label`` naming it), ``case-name``,
+``cancel``, ``landmarks`` (the table; one ``tr.landmark`` per landmark, ``data-label`` naming it, with a
+``button.place`` while it has no point), ``case-name``,
 ``save-case``, ``replace-case``, ``fine-tune``, ``download-mrk``, ``download-csv``, ``message``, ``status``,
 ``mm-per-pixel`` and ``busy`` (the notice a second tab gets).
 """
@@ -33,6 +34,7 @@ def build_page(app: WebApp) -> None:
     ctrl.trigger("claim")(app.claim)  # a trigger's answer goes to the asking tab only
     ctrl.trigger("points_mrk")(lambda: app.points_file("mrk"))
     ctrl.trigger("points_csv")(lambda: app.points_file("csv"))
+    ctrl.trigger("place")(action(app.place))  # named: its button's click must not also click the row
     for name in ("open_case", "upload", "detect", "cancel", "centre", "save_case", "fine_tune"):
         ctrl.add(name)(action(getattr(app, name)))
     with SinglePageWithDrawerLayout(app.server, full_height=True) as page:
@@ -120,13 +122,22 @@ def _table(ctrl) -> None:
             __properties=[("data_label", "data-label")],
             data_label=("row.label",),
             click=(ctrl.centre, "[row.label]"),
-            classes=("['landmark', {flagged: row.flagged && row.in_view, outside: !row.in_view}]",),
+            classes=("['landmark', {flagged: row.flagged && row.in_view, outside: !row.ras}]",),
         ):
             html.Td("{{ row.label }}", title=("row.description",))
             html.Td("{{ row.confidence }}")
             html.Td("{{ row.moved }}", classes="moved")
             html.Td("{{ row.ras }}", classes="ras")
-            html.Td("{{ row.check }}")
+            with html.Td():
+                html.Span("{{ row.check }}")
+                v3.VBtn(
+                    "Place",
+                    v_if="!row.ras",
+                    size="x-small",
+                    variant="outlined",
+                    classes="ml-1 place",
+                    click="$event.stopPropagation(); trigger('place', [row.label])",
+                )
 
 
 def _save_panel(ctrl) -> None:
@@ -138,10 +149,17 @@ def _save_panel(ctrl) -> None:
             "Replace", click=(ctrl.save_case, "[true]"), v_show=("offer_overwrite",), color="warning", id="replace-case"
         )
         v3.VBtn("Fine-tune", click=ctrl.fine_tune, disabled=("!!job",), id="fine-tune")
-        for kind, title, file, mime in (("mrk", ".mrk.json", "points.mrk.json", "application/json"),
-                                        ("csv", "CSV", "points.csv", "text/csv")):  # fmt: skip
-            v3.VBtn(title, click=f"utils.download('{file}', trigger('points_{kind}'), '{mime}')",
-                    disabled=("!rows.length",), id=f"download-{kind}", prepend_icon="mdi-download")  # fmt: skip
+        for kind, title, file, mime in (
+            ("mrk", ".mrk.json", "points.mrk.json", "application/json"),
+            ("csv", "CSV", "points.csv", "text/csv"),
+        ):
+            v3.VBtn(
+                title,
+                click=f"utils.download('{file}', trigger('points_{kind}'), '{mime}')",
+                disabled=("!rows.length",),
+                id=f"download-{kind}",
+                prepend_icon="mdi-download",
+            )
 
 
 def slice_view_gutter(server, view_id: str, view) -> None:
