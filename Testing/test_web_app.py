@@ -38,7 +38,11 @@ ARTIFACTS = Path(os.environ.get("CASCADE_TEST_ARTIFACTS", REPOSITORY / "test-art
 DOWNLOADS = ARTIFACTS / "downloads"
 DRAG_PX = 40  # how far the test drags a point to the right in the red view, in screen pixels
 
-pytestmark = pytest.mark.skipif(CHROMEDRIVER is None, reason="needs chromium-driver (make test installs it)")
+# A browser session takes about a minute: with the slow tests, out of the inner loop (make test runs them all).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMEDRIVER is None, reason="needs chromium-driver (make test installs it)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +294,6 @@ def test_a_second_tab_is_told_the_server_is_busy(page, server):
         other.quit()
 
 
-@pytest.mark.slow
 def test_fine_tuning_runs_in_the_background_and_its_model_joins_the_list(page, server, synthetic_data):
     training = server[2]
     training.mkdir(exist_ok=True)

@@ -45,6 +45,7 @@ from .io.volumes import Volume, read_volume, values_at, write_volume
 from .model.config import DETECTION_SETTINGS, STAGE1_MODES, STAGE1_PRECISIONS, IntensityWindow
 from .model.registry import available_models, names_a_file, register_model
 from .progress import JsonReporter, TerminalReporter
+from .slicer.runs import FINE_TUNING_STAGE1_ITERATIONS, FINE_TUNING_STAGE2_ITERATIONS
 from .training.config import FINE_TUNING_LEARNING_RATE, LEARNING_RATE_SCHEDULES, PRESETS, TrainingConfig, with_settings
 
 DEMO_MODEL = "cardiac-5-phantom"
@@ -202,7 +203,7 @@ def _add_bench_parsers(commands) -> None:
     loop.add_argument("model", help="an aortic-9 model file or registered name to start from")
     loop.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
     loop.add_argument("-o", "--output", default="correction-loop", help="work folder (default: %(default)s)")
-    for stage, steps in ((1, 500), (2, 1500)):  # the Slicer module's FINE_TUNING_STAGE*_ITERATIONS
+    for stage, steps in ((1, FINE_TUNING_STAGE1_ITERATIONS), (2, FINE_TUNING_STAGE2_ITERATIONS)):
         loop.add_argument(f"--stage{stage}-iterations", type=int, default=steps,
                           help="fine-tuning steps (default: the Slicer module's, %(default)s)")  # fmt: skip
     loop.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")

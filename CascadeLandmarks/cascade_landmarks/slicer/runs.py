@@ -25,7 +25,8 @@ from .bridge import landmarks_to_node, volume_from_node
 from .workflow import show_detection
 
 # How long fine-tuning on corrected cases trains each stage by default (about 7 minutes for a real CTA model on a
-# 2-core CPU), in the web app; the Slicer module keeps the same numbers in its own file.
+# 2-core CPU): the web app's and benchmark-correction's; the Slicer module keeps the same numbers in its own file
+# (it imports nothing of the engine when Slicer starts).
 FINE_TUNING_STAGE1_ITERATIONS = 500
 FINE_TUNING_STAGE2_ITERATIONS = 1500
 

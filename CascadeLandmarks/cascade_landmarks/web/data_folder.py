@@ -35,9 +35,11 @@ class DataFolder:
         self.max_upload_bytes = max_upload_bytes
 
     def cases(self) -> list[str]:
-        """The volumes in the data folder and in its uploads, as paths relative to the data folder."""
+        """The volumes in the data folder and in its uploads, as paths relative to the data folder (a symbolic
+        link leading out of it left out)."""
         folders = [self.root] + ([self.root / UPLOADS] if (self.root / UPLOADS).is_dir() else [])
-        return [p.relative_to(self.root).as_posix() for folder in folders for p in volumes_in_folder(folder)]
+        found = [p for folder in folders for p in volumes_in_folder(folder) if p.resolve().is_relative_to(self.root)]
+        return [p.relative_to(self.root).as_posix() for p in found]
 
     def resolve(self, relative: str) -> Path:
         """The file or DICOM folder that ``relative`` names inside the data folder.
