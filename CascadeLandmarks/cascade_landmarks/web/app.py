@@ -363,7 +363,7 @@ class WebApp:
 
     # --- the page ---------------------------------------------------------------------------------------------
 
-    def _action(self, method):
+    def action(self, method):
         """``method`` as an action of the page: its error becomes the page's message (never a dead page), a
         coroutine runs on the server's event loop, and nothing goes back to the browser."""
 

@@ -3,9 +3,9 @@ downloads) beside Slicer's slice and 3-D views, and a footer with the job's prog
 
 Elements a test or a user's script looks for carry ids: ``case-path``, ``open-case``, ``upload``, ``detect``,
 ``cancel``, ``landmarks`` (the table; one ``tr.landmark`` per landmark, ``data-label`` naming it, with a
-``button.place`` while it has no point), ``case-name``,
-``save-case``, ``replace-case``, ``fine-tune``, ``download-mrk``, ``download-csv``, ``message``, ``status``,
-``mm-per-pixel`` and ``busy`` (the notice a second tab gets).
+``button.place`` while it has no point), ``case-name``, ``save-case``, ``replace-case``, ``fine-tune``,
+``download-mrk``, ``download-csv``, ``message``, ``status``, ``mm-per-pixel``, ``view-Red`` (and Yellow, Green:
+hidden markers beside each slice view) and ``busy`` (the notice a second tab gets).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ tr.landmark.outside { background: #eeeeee; color: #757575; }
 
 def build_page(app: WebApp) -> None:
     """Lay out the page of ``app``, its buttons bound to ``app``'s actions."""
-    ctrl, action = app.ctrl, app._action
+    ctrl, action = app.ctrl, app.action
     ctrl.trigger("claim")(app.claim)  # a trigger's answer goes to the asking tab only
     ctrl.trigger("points_mrk")(lambda: app.points_file("mrk"))
     ctrl.trigger("points_csv")(lambda: app.points_file("csv"))
