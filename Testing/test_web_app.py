@@ -211,6 +211,11 @@ def test_a_user_detects_drags_a_point_and_saves_the_corrected_case(page, server)
     assert placed[0] - before[0] == pytest.approx(30 * mm_per_pixel, rel=0.1, abs=mm_per_pixel)
     assert placed[1:] == pytest.approx(before[1:], abs=mm_per_pixel + 0.1)
 
+    # A landmark the user finds not in the image: its point taken away, saved as missing.
+    _rows(page)["sphere 2"]["element"].find_element(By.CSS_SELECTOR, "button.not_in_view").click()
+    _wait(page, lambda d: _rows(d)["sphere 2"]["ras"] == "", what="sphere 2 marked not in view")
+    assert "not in view" in _rows(page)["sphere 2"]["element"].text
+
     # Opening another case would lose the correction: refused once, with a message.
     _open(page, "case101.nrrd")
     _wait(page, lambda d: "corrections not saved" in _text(d, "message"), what="the guard on unsaved corrections")
@@ -226,6 +231,7 @@ def test_a_user_detects_drags_a_point_and_saves_the_corrected_case(page, server)
     assert (training / "corrected-case100.nrrd").is_file()
     np.testing.assert_allclose(saved.positions_ras[saved.labels.index(label)], after, atol=0.06)
     np.testing.assert_allclose(saved.positions_ras[saved.labels.index("sphere 3")], placed, atol=0.06)
+    assert saved.missing.tolist() == [False, True, False]  # sphere 2: the user's "not in view"
     # Saving again under that name is refused until Replace is clicked.
     page.find_element(By.ID, "save-case").click()
     _wait(page, lambda d: "already in" in _text(d, "message"), what="the refusal to overwrite")

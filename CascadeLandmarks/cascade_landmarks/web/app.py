@@ -254,6 +254,16 @@ class WebApp:
         self.slicer.markups_logic.place_node(self.points, persistent=False)
         self.state.status = f"Click in a slice view to place {label}."
 
+    def not_in_view(self, label: str) -> None:
+        """Take the point of ``label`` away and say the landmark is not in this image (Slicer's "missing"): a
+        saved case then teaches that, and the landmark can still be placed again."""
+        index = point_index(self.points, label) if self.points is not None else None
+        if index is None:
+            raise ValueError(f"{label} has no point to take away.")
+        self.points.SetNthControlPointPositionMissing(index)
+        self.unsaved, self.state.status = True, f"{label}: marked not in view."
+        self._update_rows()
+
     # --- saving, fine-tuning, downloads -------------------------------------------------------------------------
 
     def save_case(self, overwrite: bool = False) -> None:
@@ -403,6 +413,8 @@ def _check(row, *, placed: bool) -> str:
     """The table's last column: what the user should know of a landmark."""
     if not row.in_view:
         return "placed by hand" if placed else "not in view"
+    if not placed:
+        return "not in view (yours)"
     return "check" if row.flagged else ""
 
 

@@ -3,9 +3,10 @@ downloads) beside Slicer's slice and 3-D views, and a footer with the job's prog
 
 Elements a test or a user's script looks for carry ids: ``case-path``, ``open-case``, ``upload``, ``detect``,
 ``cancel``, ``landmarks`` (the table; one ``tr.landmark`` per landmark, ``data-label`` naming it, with a
-``button.place`` while it has no point), ``case-name``, ``save-case``, ``replace-case``, ``fine-tune``,
-``download-mrk``, ``download-csv``, ``message``, ``status``, ``mm-per-pixel``, ``view-Red`` (and Yellow, Green:
-hidden markers beside each slice view) and ``busy`` (the notice a second tab gets).
+``button.place`` while it has no point and a ``button.not_in_view`` while it has one), ``case-name``,
+``save-case``, ``replace-case``, ``fine-tune``, ``download-mrk``, ``download-csv``, ``message``, ``status``,
+``mm-per-pixel``, ``view-Red`` (and Yellow, Green: hidden markers beside each slice view) and ``busy`` (the
+notice a second tab gets).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def build_page(app: WebApp) -> None:
     ctrl.trigger("claim")(app.claim)  # a trigger's answer goes to the asking tab only
     ctrl.trigger("points_mrk")(lambda: app.points_file("mrk"))
     ctrl.trigger("points_csv")(lambda: app.points_file("csv"))
-    ctrl.trigger("place")(action(app.place))  # named: its button's click must not also click the row
+    for name in ("place", "not_in_view"):  # named: their buttons' clicks must not also click the row
+        ctrl.trigger(name)(action(getattr(app, name)))
     for name in ("open_case", "upload", "detect", "cancel", "centre", "save_case", "fine_tune"):
         ctrl.add(name)(action(getattr(app, name)))
     with SinglePageWithDrawerLayout(app.server, full_height=True) as page:
@@ -130,14 +132,9 @@ def _table(ctrl) -> None:
             html.Td("{{ row.ras }}", classes="ras")
             with html.Td():
                 html.Span("{{ row.check }}")
-                v3.VBtn(
-                    "Place",
-                    v_if="!row.ras",
-                    size="x-small",
-                    variant="outlined",
-                    classes="ml-1 place",
-                    click="$event.stopPropagation(); trigger('place', [row.label])",
-                )
+                for name, title, shown in (("place", "Place", "!row.ras"), ("not_in_view", "Not in view", "row.ras")):
+                    v3.VBtn(title, v_if=shown, size="x-small", variant="outlined", classes=f"ml-1 {name}",
+                            click=f"$event.stopPropagation(); trigger('{name}', [row.label])")  # fmt: skip
 
 
 def _save_panel(ctrl) -> None:
