@@ -89,7 +89,9 @@ def detection_speed(*, size: int = 512, model_path: str | None = None, device: s
             f"{'file':20s}" + "".join(f"{header:>10s}" for header in _COLUMNS.values()),
         ]
         for label, path in files.items():
-            runs = [_detect_in_fresh_process(model_path, path, folder / "out.mrk.json", device) for _ in range(repeats)]
+            runs = [
+                _in_fresh_process("single", model_path, path, folder / "out.mrk.json", device) for _ in range(repeats)
+            ]
             median = {key: float(np.median([run[key] for run in runs])) for key in runs[0]}
             cells = [f"{median[key]:8.2f} GB" if key == "peak_gb" else f"{median[key]:9.2f}s" for key in _COLUMNS]
             lines.append(f"{label:20s}" + "".join(cells))
@@ -153,10 +155,6 @@ def _stage1_precision(model_path, device: str) -> str:
     if precision == "auto":
         return f"stage 1 in {'bfloat16' if native else 'float32'} (auto)"
     return f"stage 1 in {precision}"
-
-
-def _detect_in_fresh_process(model_path, volume_path, output_path, device) -> dict:
-    return _in_fresh_process("single", model_path, volume_path, output_path, device)
 
 
 def _in_fresh_process(*arguments) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ class LandmarkRow:
     """One row of the module's table.
 
     ``moved_mm`` is how far the point has been moved from where it was detected; NaN once it is deleted or
-    unplaced. ``in_view`` is False for a landmark detected outside the volume.
+    unplaced. ``in_view`` is False for a landmark detected outside the volume. ``position_ras`` is where its point
+    is now (world RAS mm); NaN without a point.
     """
 
     label: str
@@ -56,6 +58,7 @@ class LandmarkRow:
     flagged: bool
     moved_mm: float
     in_view: bool = True
+    position_ras: tuple[float, float, float] = (math.nan, math.nan, math.nan)
 
 
 def show_detection(node, detection: Detection, volume_node=None) -> None:
@@ -103,7 +106,7 @@ def detection_row(node, label: str) -> LandmarkRow | None:
 
 def _row(detection: Detection, index: int, current) -> LandmarkRow:
     label = detection.labels[index]
-    moved, description = float("nan"), detection.descriptions[index]
+    moved, description, now = float("nan"), detection.descriptions[index], np.full(3, np.nan)
     if label in current.labels:
         now = current.positions_ras[current.labels.index(label)]
         moved = float(np.linalg.norm(now - detection.positions_ras[index]))
@@ -115,6 +118,7 @@ def _row(detection: Detection, index: int, current) -> LandmarkRow:
         bool(detection.flagged[index]),
         moved,
         bool(detection.in_view[index]),
+        tuple(float(v) for v in now),
     )
 
 

@@ -214,11 +214,9 @@ class WebApp:
             self._update_rows()
 
     def _update_rows(self) -> None:
-        positions = landmarks_from_node(self.points)
         rows = []
         for row in detection_rows(self.points):
-            index = positions.labels.index(row.label) if row.label in positions.labels else None
-            ras = positions.positions_ras[index] if index is not None else [math.nan] * 3
+            placed = not math.isnan(row.position_ras[0])
             rows.append(
                 {
                     "label": row.label,
@@ -227,8 +225,8 @@ class WebApp:
                     "moved": "" if math.isnan(row.moved_mm) else f"{row.moved_mm:.2f}",
                     "flagged": row.flagged,
                     "in_view": row.in_view,
-                    "check": _check(row, placed=not math.isnan(ras[0])),
-                    "ras": "" if math.isnan(ras[0]) else ", ".join(f"{v:.1f}" for v in ras),
+                    "check": _check(row, placed=placed),
+                    "ras": ", ".join(f"{v:.1f}" for v in row.position_ras) if placed else "",
                 }
             )
         self.state.rows = rows
